@@ -173,3 +173,8 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
 
         return OperatorFamily(draw, signal_shape)
     raise ValueError(f"unknown operator {name!r}; known: denoise, inpaint, inpaint_blind")
+
+
+def broadcast_operator(op, n: int):
+    """The same operator n times along a leading axis, the batched form the samplers take."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), op)
