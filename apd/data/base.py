@@ -1,0 +1,136 @@
+"""The Dataset record every loader returns, and where loaders look for their files.
+
+File lookup: `cfg.path` (a file, or a folder holding the file) if given; else the folder named by the
+environment variable APD_DATA_DIR; else `<repo root>/../shared/data` when that folder exists. A missing
+file raises FileNotFoundError with one line naming the file and where to put it. Nothing here reaches the
+network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ENV_VAR = "APD_DATA_DIR"
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+KINDS = ("image", "mesh", "sphere")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Signals in [0,1] with a fixed split.
+
+    train, val, test: float32 arrays (N, *signal_shape), N may be 0.
+    kind: 'image' (signal (H,W,C)), 'mesh' or 'sphere' (signal (V,C), one row per vertex).
+    split: how the split was made (sizes, seeds, id ranges, dates, source file), for the record.
+    vertices (V,3) float32 and faces (F,3) int32 or None: the mesh ('mesh' and 'sphere' only).
+    lat (46,), lon (90,) in degrees and grid_shape (46,90): the grid ('sphere' only); vertex
+        index = row * len(lon) + column, row 0 is lat[0].
+    labels: optional {'train'|'val'|'test': int array (N,)} class labels.
+    """
+
+    name: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    signal_shape: tuple[int, ...]
+    kind: str
+    split: dict[str, Any]
+    vertices: np.ndarray | None = None
+    faces: np.ndarray | None = None
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
+    grid_shape: tuple[int, int] | None = None
+    labels: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"dataset kind must be one of {KINDS}, got {self.kind!r}")
+        for part in ("train", "val", "test"):
+            x = getattr(self, part)
+            if x.dtype != np.float32 or x.shape[1:] != tuple(self.signal_shape):
+                raise ValueError(
+                    f"{self.name}.{part} must be float32 (N, {', '.join(map(str, self.signal_shape))}),"
+                    f" got {x.dtype} {x.shape}"
+                )
+        if self.kind != "image" and self.vertices is None:
+            raise ValueError(f"{self.name}: a {self.kind} dataset needs vertices")
+
+
+def default_data_dir(filename: str) -> Path:
+    """APD_DATA_DIR if set, else ../shared/data beside the repository; raises when neither exists."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    if SHARED_DATA_DIR.is_dir():
+        return SHARED_DATA_DIR
+    raise FileNotFoundError(
+        f"{filename} not found: {ENV_VAR} is unset and {SHARED_DATA_DIR} does not exist;"
+        f" put {filename} in a folder and set {ENV_VAR} or pass data.path"
+    )
+
+
+def missing_file(filename: str, tried: Path) -> FileNotFoundError:
+    """The one-line error for a data file that is not where it was looked for."""
+    return FileNotFoundError(
+        f"{filename} not found at {tried}; put it there, set {ENV_VAR} or pass data.path"
+    )
+
+
+def locate(path: str | os.PathLike | None, filename: str,
+           folder_ok: Callable[[Path], bool] | None = None) -> Path:
+    """The file (or folder) to read for a data set whose default file is `filename`.
+
+    path: a file (returned as is), a folder (returns folder/filename, or the folder itself when
+    folder_ok(folder) says it holds another accepted layout), or None (the default data folder).
+    """
+    base = default_data_dir(filename) if path is None else Path(path).expanduser()
+    if base.is_dir():
+        candidate = base / filename
+        if candidate.is_file():
+            return candidate
+        if folder_ok is not None and folder_ok(base):
+            return base
+        raise missing_file(filename, candidate)
+    if base.is_file():
+        return base
+    raise missing_file(filename, base)
+
+
+def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz file; a missing key raises KeyError naming the file and the key."""
+    with np.load(path) as f:
+        absent = [k for k in keys if k not in f.files]
+        if absent:
+            raise KeyError(f"{path} lacks array(s) {absent}; it holds {f.files}")
+        return {k: f[k] for k in keys}
+
+
+def to_unit(x: np.ndarray, scale: float) -> np.ndarray:
+    """uint8-style values x / scale as float32."""
+    return np.asarray(x, np.float32) / np.float32(scale)
+
+
+def cap(x: np.ndarray, limit: int | None) -> np.ndarray:
+    """The first `limit` rows of x (all of them when limit is None)."""
+    return x if limit is None else x[:limit]
+
+
+def tfds_numpy(name: str, split: str, data_dir: str | None, batch_size: int | None):
+    """A TFDS split the user has already prepared, as numpy (never downloads).
+
+    batch_size=-1 gives one dict of full arrays; None gives an iterator of single examples.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        data = tfds.load(name, split=split, batch_size=batch_size, download=False, data_dir=data_dir)
+    except AssertionError:
+        raise FileNotFoundError(
+            f"TFDS data set {name!r} is not prepared in {data_dir or 'the default TFDS folder'};"
+            " prepare it on a connected machine (tfds build) and pass data.tfds_dir, or use data.source='file'"
+        ) from None
+    return tfds.as_numpy(data)
