@@ -1,12 +1,12 @@
 """Bunny-MNIST: MNIST digits painted onto the vertices of the Stanford bunny.
 
 Projection (fixed, one per mesh): orthographic projection of every vertex onto the x-y plane, i.e. the
-view from +z looking down -z with +y up (the scan's own viewing direction: the bunny in profile, facing -x). The projected bounding box is
-scaled uniformly (aspect kept) so that its longer side spans the 28x28 image between pixel centres
-MARGIN and 27 - MARGIN, and centred along its shorter side; image column grows with x, image row grows
-with -y (row 0 is the top). Each vertex takes the bilinear interpolation of the digit image (values / 255)
-at its (row, col), so a vertex signal is (V,1) in [0,1]. Vertices on the front and the back of the bunny
-that project to one point take the same value.
+view from +z looking down -z with +y up (the scan's own viewing direction: the bunny in profile, facing
+-x). The projected bounding box is scaled uniformly (aspect kept) so that its longer side spans the
+28x28 image between pixel centres MARGIN and 27 - MARGIN, and centred along its shorter side; image
+column grows with x, image row grows with -y (row 0 is the top). Each vertex takes the bilinear
+interpolation of the digit image (values / 255) at its (row, col), so a vertex signal is (V,1) in [0,1].
+Vertices on the front and the back of the bunny that project to one point take the same value.
 
 Painting is linear in the image: signals (N,V) = images (N,784) @ W (784,V), with W the bilinear weights.
 Splits follow MNIST's own: train = the first 55,000 training digits (capped by cfg.max_train, default
@@ -67,7 +67,8 @@ def load_mesh(path) -> tuple[np.ndarray, np.ndarray]:
 
     mesh = trimesh.load(path, process=False, force="mesh")
     if len(mesh.vertices) == 0 or mesh.faces.shape[1:] != (3,):
-        raise ValueError(f"{path}: expected a triangle mesh, got {len(mesh.vertices)} vertices, faces {mesh.faces.shape}")
+        raise ValueError(f"{path}: expected a triangle mesh, got {len(mesh.vertices)} vertices,"
+                         f" faces {mesh.faces.shape}")
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32)
 
 
