@@ -1,0 +1,213 @@
+"""Training the diffusion prior: denoising score matching on the noise, data-parallel over a device mesh.
+
+For data x0 (in [0, 1], as the dataset gives it), t and e ~ N(0, I), x_t = alpha_t x0 + sigma_t e and the
+loss is the mean over batch and signal entries of (eps_theta(x_t, t) - e)^2. Times are uniform on
+[t_min, 1], or with `likelihood_weighting` drawn from the importance density q(t) ∝ g(t)^2 / sigma_t^2, which
+makes the unweighted loss an estimate (up to the constant Z / 2) of the likelihood-weighted score matching
+of Song et al. 2021.
+
+Artefacts under workdir/prior/: config.json (the run's config, with prior.signal_shape added),
+checkpoints/ (orbax; state = params, ema_params, opt_state, step, rng), metrics.jsonl and TensorBoard
+events, samples.png (EMA prior samples beside validation data).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from apd.nets import make_score_net
+from apd.priors import ScoreNetPrior
+from apd.sde import VPSDE
+from apd.training.checkpoint import Checkpointer, load_config, save_config
+from apd.training.metrics_log import MetricsWriter
+from apd.training.optim import apply_gradients, init_train_state, learning_rate_schedule, make_optimizer
+from apd.training.sharding import data_mesh, replicated, shard_batch
+
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t (B,*S), t (B,)) -> eps_hat (B,*S)
+
+
+def prior_dir(workdir: str) -> str:
+    return os.path.join(workdir, "prior")
+
+
+def _checkpoint_dir(workdir: str) -> str:
+    return os.path.join(prior_dir(workdir), "checkpoints")
+
+
+def sample_times(sde: VPSDE, key: jax.Array, n: int, likelihood_weighting: bool) -> jax.Array:
+    """n training times (n,): from the importance density q(t) if likelihood_weighting, else U[t_min, 1]."""
+    if likelihood_weighting:
+        return sde.sample_importance_time(key, (n,))
+    return jax.random.uniform(key, (n,), minval=sde.t_min, maxval=1.0)
+
+
+def dsm_loss(eps_fn: EpsFn, sde: VPSDE, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """mean over all entries of (eps_fn(alpha_t x0 + sigma_t noise, t) - noise)^2; x0, noise (B,*S), t (B,)."""
+    eps_hat = eps_fn(sde.marginal(x0, t, noise), t)
+    return jnp.mean((eps_hat - noise) ** 2)
+
+
+def _uses_dropout(model_cfg) -> bool:
+    return (model_cfg.get("dropout") or 0.0) > 0.0
+
+
+def init_prior_state(module: nn.Module, tx: optax.GradientTransformation, signal_shape, key: jax.Array) -> dict:
+    """Fresh training state (see optim.init_train_state) for `module` on signals of `signal_shape`."""
+    init_key, state_key = jax.random.split(key)
+    x = jnp.zeros((1,) + tuple(signal_shape), jnp.float32)
+    params = module.init(init_key, x, jnp.ones((1,), jnp.float32))["params"]
+    return init_train_state(params, tx, state_key)
+
+
+def make_train_step(module: nn.Module, sde: VPSDE, tx: optax.GradientTransformation, training_cfg, dropout: bool):
+    """step(state, batch (B,*S)) -> (state, {'loss', 'grad_norm'}): one DSM step with EMA; pure, jit-able.
+
+    training_cfg needs ema_decay and likelihood_weighting. dropout: call the module with train=True and a
+    'dropout' key (for nets built with dropout > 0).
+    """
+    decay, weighting = float(training_cfg.ema_decay), bool(training_cfg.likelihood_weighting)
+
+    def step(state, batch):
+        rng, t_key, noise_key, dropout_key = jax.random.split(state["rng"], 4)
+        t = sample_times(sde, t_key, batch.shape[0], weighting)
+        noise = jax.random.normal(noise_key, batch.shape)
+
+        def loss_fn(params):
+            if dropout:
+                eps_fn = lambda x, s: module.apply({"params": params}, x, s, True, rngs={"dropout": dropout_key})
+            else:
+                eps_fn = lambda x, s: module.apply({"params": params}, x, s)
+            return dsm_loss(eps_fn, sde, batch, t, noise)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        new_state = apply_gradients(state, grads, tx, decay, rng)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return step
+
+
+def _batch(train: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarray:
+    """This process's rows of the global batch for `step` (drawn with replacement; the same on resume)."""
+    idx = np.random.default_rng([seed, step]).integers(0, train.shape[0], size=batch_size)
+    per_process = batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    return train[idx[start : start + per_process]]
+
+
+def _save_sample_figure(path: str, dataset, samples: np.ndarray) -> None:
+    try:
+        from apd.eval.figures import save_signal_figure
+    except ImportError as err:
+        logging.warning("skipping the prior sample figure: %s", err)
+        return
+    geometry = {
+        name: getattr(dataset, name)
+        for name in ("vertices", "faces", "lat", "lon")
+        if getattr(dataset, name, None) is not None
+    }
+    reference = np.asarray(dataset.val[: samples.shape[0]])
+    rows = [("data", reference), ("prior samples", np.clip(samples, 0.0, 1.0))]
+    save_signal_figure(path, dataset.kind, rows, **geometry)
+
+
+def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> ScoreNetPrior:
+    """Train (or resume, or just load) the score-network prior of `config` in workdir/prior.
+
+    dataset: an object with .train (N,*S) float32, .val, .signal_shape, .kind (and geometry for figures);
+    default `apd.data.load_dataset(config.data)`. Returns the prior with EMA parameters.
+    """
+    tcfg = config.prior.training
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest >= tcfg.num_steps:
+        checkpointer.close()
+        return load_prior(workdir)
+    if dataset is None:
+        from apd.data import load_dataset
+
+        dataset = load_dataset(config.data)
+
+    signal_shape = tuple(dataset.signal_shape)
+    is_main = jax.process_index() == 0
+    if is_main:
+        saved = ml_collections.ConfigDict(config.to_dict())
+        saved.prior.signal_shape = signal_shape
+        save_config(prior_dir(workdir), saved)
+
+    sde = VPSDE(**config.prior.sde)
+    module = make_score_net(config.prior.model, signal_shape)
+    tx = make_optimizer(tcfg)
+    mesh = data_mesh()
+    init = jax.jit(lambda k: init_prior_state(module, tx, signal_shape, k), out_shardings=replicated(mesh))
+    state = init(jax.random.PRNGKey(config.seed))
+    if latest is not None:
+        state = checkpointer.restore(state, latest)
+    step_fn = jax.jit(
+        make_train_step(module, sde, tx, tcfg, _uses_dropout(config.prior.model)),
+        donate_argnums=0,
+        out_shardings=replicated(mesh),
+    )
+
+    train = np.asarray(dataset.train, np.float32)
+    schedule = learning_rate_schedule(tcfg)
+    writer = MetricsWriter(prior_dir(workdir)) if is_main else None
+    start = int(state["step"])
+    window = []
+    with tqdm(total=tcfg.num_steps, initial=start, desc="prior", disable=not is_main) as bar:
+        for step in range(start, tcfg.num_steps):
+            batch = shard_batch(mesh, _batch(train, config.seed, step, tcfg.batch_size))
+            state, metrics = step_fn(state, batch)
+            window.append(metrics)
+            done = step + 1
+            if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+                logged["lr"] = float(schedule(step))
+                window = []
+                bar.set_postfix(loss=f"{logged['loss']:.4f}")
+                if writer is not None:
+                    writer.write(done, logged)
+            if done % tcfg.ckpt_every == 0 or done == tcfg.num_steps:
+                checkpointer.save(done, state)
+            bar.update(1)
+    checkpointer.close()
+    if writer is not None:
+        writer.close()
+
+    prior = ScoreNetPrior(state["ema_params"], module, sde, signal_shape)
+    if is_main:
+        sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
+        samples = np.asarray(sample(prior, jax.random.PRNGKey(config.seed + 1)))
+        _save_sample_figure(os.path.join(prior_dir(workdir), "samples.png"), dataset, samples)
+    return prior
+
+
+def prior_exists(workdir: str) -> bool:
+    """Whether workdir/prior holds a config and at least one checkpoint."""
+    if not (os.path.exists(os.path.join(prior_dir(workdir), "config.json")) and os.path.isdir(_checkpoint_dir(workdir))):
+        return False
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), 1)
+    latest = checkpointer.latest_step()
+    checkpointer.close()
+    return latest is not None
+
+
+def load_prior(workdir: str) -> ScoreNetPrior:
+    """The prior with EMA parameters from the latest checkpoint in workdir/prior (config from config.json)."""
+    config = load_config(prior_dir(workdir))
+    signal_shape = tuple(config.prior.signal_shape)
+    module = make_score_net(config.prior.model, signal_shape)
+    tx = make_optimizer(config.prior.training)
+    template = jax.eval_shape(lambda k: init_prior_state(module, tx, signal_shape, k), jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), config.prior.training.keep_checkpoints)
+    state = checkpointer.restore(template)
+    checkpointer.close()
+    return ScoreNetPrior(state["ema_params"], module, VPSDE(**config.prior.sde), signal_shape)
