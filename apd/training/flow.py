@@ -1,0 +1,201 @@
+"""Training the amortized posterior (the APD flow) against a frozen prior, data-parallel over a device mesh.
+
+Each step draws training signals x_i (train split only), forms their fixed measurements y_i
+(`apd.measurements`), and minimises data_weight * (-log p(y|x)) - ELBO_prior(x) - log|det dG/dz| over
+num_z flow samples per measurement (`apd.objective`). Every eval_every steps, 1-sample and mean-of-K PSNR on
+held-out validation measurements are logged.
+
+Artefacts under workdir/flow/: config.json, checkpoints/ (state = params, ema_params, opt_state, step, rng),
+metrics.jsonl and TensorBoard events.
+"""
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from apd import flows
+from apd.eval.metrics import psnr
+from apd.measurements import measure, split_key
+from apd.objective import apd_loss, apd_terms, data_weight_schedule
+from apd.operators import OperatorFamily, make_operator_family
+from apd.priors.base import Prior
+from apd.training.checkpoint import Checkpointer, load_config, save_config
+from apd.training.metrics_log import MetricsWriter
+from apd.training.optim import apply_gradients, init_train_state, learning_rate_schedule, make_optimizer
+from apd.training.sharding import data_mesh, replicated, shard_batch
+
+
+def flow_dir(workdir: str) -> str:
+    return os.path.join(workdir, "flow")
+
+
+def _checkpoint_dir(workdir: str) -> str:
+    return os.path.join(flow_dir(workdir), "checkpoints")
+
+
+def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientTransformation, key: jax.Array):
+    """Fresh training state for `flow`, whose condition shape comes from the family's operator."""
+    init_key, state_key, op_key = jax.random.split(key, 3)
+    op = family.draw(op_key)
+    x = jnp.zeros((1,) + tuple(family.signal_shape), jnp.float32)
+    cond = op.condition(op.apply(x[0]))[None]
+    params = flow.init(init_key, x, cond)["params"]
+    return init_train_state(params, tx, state_key)
+
+
+def make_train_step(flow: nn.Module, prior: Prior, family: OperatorFamily, tx, training_cfg, measurement_key):
+    """step(state, prior, x (B,*S), index (B,)) -> (state, metrics); pure and jit-able.
+
+    The prior is an argument (its parameters are traced, not baked into the compiled step).
+    """
+    num_z, draws = int(training_cfg.num_z), int(training_cfg.elbo_draws)
+    decay, anneal = float(training_cfg.ema_decay), int(training_cfg.get("anneal_steps", 0))
+
+    def step(state, prior, x, index):
+        rng, key = jax.random.split(state["rng"])
+        ops, y = measure(family, measurement_key, x, index)
+        weight = data_weight_schedule(state["step"], anneal)
+
+        def loss_fn(params):
+            terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, elbo_draws=draws)
+            return apd_loss(terms, weight), terms
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        metrics = {
+            "loss": loss,
+            "fidelity": jnp.mean(terms.fidelity),
+            "prior_elbo": jnp.mean(terms.prior_elbo),
+            "logdet": jnp.mean(terms.logdet),
+            "data_weight": weight,
+            "grad_norm": optax.global_norm(grads),
+        }
+        return apply_gradients(state, grads, tx, decay, rng), metrics
+
+    return step
+
+
+def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key):
+    """eval(params, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples (B,))."""
+
+    def evaluate(params, x, index, key):
+        ops, y = measure(family, measurement_key, x, index)
+        cond = jax.vmap(lambda op, yy: op.condition(yy))(ops, y)
+        cond_k = jnp.repeat(cond, num_samples, axis=0)
+        samples = flows.sample(flow, params, key, cond_k).reshape((x.shape[0], num_samples) + x.shape[1:])
+        return psnr(samples[:, 0], x), psnr(jnp.mean(samples, axis=1), x)
+
+    return evaluate
+
+
+def _indices(n: int, seed: int, step: int, batch_size: int) -> np.ndarray:
+    """This process's training indices for `step` (with replacement; the same on resume)."""
+    idx = np.random.default_rng([seed, 1, step]).integers(0, n, size=batch_size)
+    per_process = batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    return idx[start : start + per_process]
+
+
+def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, dataset) -> tuple[nn.Module, dict]:
+    """Train (or resume, or load) the APD flow of `config` in workdir/flow; returns (flow module, EMA params).
+
+    dataset: .train and .val arrays (N,*S) in [0,1] and .signal_shape (apd.data.Dataset).
+    """
+    tcfg = config.flow.training
+    signal_shape = tuple(dataset.signal_shape)
+    flow = flows.make_flow(config.flow.model, signal_shape)
+    family = make_operator_family(config.operator, signal_shape)
+    tx = make_optimizer(tcfg)
+    mesh = data_mesh()
+    init = jax.jit(lambda k: init_flow_state(flow, family, tx, k), out_shardings=replicated(mesh))
+    state = init(jax.random.PRNGKey(config.seed + 7))
+
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(state, latest)
+    if latest is not None and latest >= tcfg.num_steps:
+        checkpointer.close()
+        return flow, state["ema_params"]
+
+    is_main = jax.process_index() == 0
+    if is_main:
+        saved = ml_collections.ConfigDict(config.to_dict())
+        saved.flow.signal_shape = signal_shape
+        save_config(flow_dir(workdir), saved)
+
+    train_key = split_key(config.seed, "train")
+    step_fn = jax.jit(
+        make_train_step(flow, prior, family, tx, tcfg, train_key), donate_argnums=0, out_shardings=(replicated(mesh), None)
+    )
+    eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
+    eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
+    eval_x = jnp.asarray(dataset.val[:eval_n])
+    eval_idx = jnp.arange(eval_n)
+
+    train = np.asarray(dataset.train, np.float32)
+    schedule = learning_rate_schedule(tcfg)
+    writer = MetricsWriter(flow_dir(workdir)) if is_main else None
+    prior = jax.device_put(prior, replicated(mesh))
+    start = int(state["step"])
+    window = []
+    with tqdm(total=tcfg.num_steps, initial=start, desc="flow", disable=not is_main) as bar:
+        for step in range(start, tcfg.num_steps):
+            idx = _indices(train.shape[0], config.seed, step, tcfg.batch_size)
+            x, index = shard_batch(mesh, (train[idx], idx.astype(np.int32)))
+            state, metrics = step_fn(state, prior, x, index)
+            window.append(metrics)
+            done = step + 1
+            if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+                logged["lr"] = float(schedule(step))
+                window = []
+                if eval_n and (done % tcfg.eval_every == 0 or done == tcfg.num_steps):
+                    one, mean = eval_fn(state["ema_params"], eval_x, eval_idx, jax.random.PRNGKey(done))
+                    logged["val_psnr_1"] = float(jnp.mean(one))
+                    logged[f"val_psnr_mean{int(tcfg.eval_num_samples)}"] = float(jnp.mean(mean))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k in ("loss", "val_psnr_1")})
+                if writer is not None:
+                    writer.write(done, logged)
+            if done % tcfg.ckpt_every == 0 or done == tcfg.num_steps:
+                checkpointer.save(done, state)
+            bar.update(1)
+    checkpointer.close()
+    if writer is not None:
+        writer.close()
+    return flow, state["ema_params"]
+
+
+def flow_exists(workdir: str) -> bool:
+    """Whether workdir/flow holds a config and at least one checkpoint."""
+    if not os.path.exists(os.path.join(flow_dir(workdir), "config.json")):
+        return False
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), 1)
+    latest = checkpointer.latest_step()
+    checkpointer.close()
+    return latest is not None
+
+
+def load_flow(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
+    """(flow module, EMA params of the latest checkpoint, run config) from workdir/flow."""
+    if not flow_exists(workdir):
+        raise FileNotFoundError(
+            f"no trained sampler in {os.path.abspath(flow_dir(workdir))}: "
+            f"run `python train.py --config configs/<task>.py --workdir {workdir}` first"
+        )
+    config = load_config(flow_dir(workdir))
+    signal_shape = tuple(config.flow.signal_shape)
+    flow = flows.make_flow(config.flow.model, signal_shape)
+    family = make_operator_family(config.operator, signal_shape)
+    tx = make_optimizer(config.flow.training)
+    template = jax.eval_shape(lambda k: init_flow_state(flow, family, tx, k), jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(_checkpoint_dir(workdir), config.flow.training.keep_checkpoints)
+    state = checkpointer.restore(template)
+    checkpointer.close()
+    return flow, state["ema_params"], config

@@ -1,0 +1,56 @@
+"""Sections shared by the experiment configs; each experiment overrides what differs."""
+from ml_collections import ConfigDict
+
+
+def sde(**overrides) -> ConfigDict:
+    return ConfigDict(dict(beta_min=0.1, beta_max=20.0, t_min=1e-3, **overrides))
+
+
+def prior_training(**overrides) -> ConfigDict:
+    """Denoising score matching: Adam with warm-up and clipping, EMA, checkpoints every ckpt_every steps."""
+    values = dict(
+        batch_size=128,
+        num_steps=20_000,
+        lr=2e-4,
+        warmup_steps=1_000,
+        grad_clip=1.0,
+        ema_decay=0.999,
+        likelihood_weighting=False,
+        log_every=100,
+        ckpt_every=2_000,
+        keep_checkpoints=3,
+        num_samples=16,
+        sample_steps=500,
+    )
+    values.update(overrides)
+    return ConfigDict(values)
+
+
+def flow_training(**overrides) -> ConfigDict:
+    """APD flow training: measurements per step, flow samples per measurement, ELBO draws per sample, ..."""
+    values = dict(
+        batch_size=64,
+        num_z=2,
+        elbo_draws=1,
+        num_steps=10_000,
+        lr=5e-4,
+        warmup_steps=500,
+        grad_clip=1.0,
+        ema_decay=0.999,
+        anneal_steps=0,  # 0: data weight 1 from the start; else a linear ramp that reaches 1 at this step
+        log_every=100,
+        eval_every=1_000,
+        eval_num_measurements=64,
+        eval_num_samples=16,
+        ckpt_every=1_000,
+        keep_checkpoints=3,
+    )
+    values.update(overrides)
+    return ConfigDict(values)
+
+
+def realnvp(**overrides) -> ConfigDict:
+    """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling."""
+    values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0)
+    values.update(overrides)
+    return ConfigDict(values)
