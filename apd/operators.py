@@ -7,8 +7,14 @@ Common interface (x has shape S = `signal_shape`, y has shape `measurement_shape
   apply(x) -> y_clean            log_likelihood(y, x) -> scalar, nats, with every constant
   measure(key, x) -> y           condition(y) -> array the conditional flow sees (y, plus the mask where
   noise_std, num_measured         masks differ per measurement and the flow is told them)
-Linear operators (`linear = True`) add adjoint(y), pinv(y), and where cheap the SVD form
-  A = U diag(s) V^T:  singular_values() (spectral shape), v_t(x), v(c), u_t(y), u(c).
+Linear operators (`linear = True`) add adjoint(y) (exact A^T), pinv(y) (Moore-Penrose A^+; P = A^+ A is
+pinv(apply(x))), and where cheap the SVD form A = U diag(s) V^T:
+  singular_values() -> s, shape S        v_t(x): S -> S (spectral coefficients), v(c): S -> S
+  u_t(y): measurement -> S (zero at entries with no measurement), u(c): S -> measurement
+so apply(x) == u(singular_values() * v_t(x)). The spectral shape is always the signal shape S; entries of
+the null space carry singular value 0.
+
+Operators: Denoise, Inpaint (random_mask or box_mask), SuperResolution, GaussianBlur, Saturate (nonlinear).
 
 `OperatorFamily.draw(key)` gives the operator of one measurement: fixed operators ignore the key; random
 masks drawn per measurement come from it, reproducibly.
@@ -16,11 +22,13 @@ masks drawn per measurement come from it, reproducibly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -114,6 +122,210 @@ class Inpaint(_Gaussian):
     v = u_t = u = v_t
 
 
+def _check_image_shape(signal_shape, name):
+    if len(signal_shape) != 3:
+        raise ValueError(f"{name} needs an (H, W, C) image signal_shape, got {signal_shape}")
+
+
+@functools.lru_cache(maxsize=None)
+def _block_basis(factor: int) -> np.ndarray:
+    """Orthogonal (f^2, f^2) matrix whose first column is the unit all-ones vector 1/f (a Householder reflection)."""
+    n = factor * factor
+    ones = np.full(n, 1.0 / factor)
+    w = np.eye(n)[0] - ones
+    return np.eye(n) - 2.0 * np.outer(w, w) / (w @ w)
+
+
+@struct.dataclass
+class SuperResolution(_Gaussian):
+    """Average pooling of each factor x factor block, per channel: (H, W, C) -> (H/f, W/f, C).
+
+    Per block A = (1/f^2) 1^T = u s v^T with u = 1, s = 1/f, v = 1/f (unit all-ones); the other f^2 - 1 right
+    singular vectors are a fixed orthonormal complement (Householder). In spectral layout the coefficients of
+    block (i, j) fill that block's f x f entries, row-major; the one with s = 1/f sits at its top-left entry.
+    """
+
+    factor: int = struct.field(pytree_node=False)
+    noise_std: float = struct.field(pytree_node=False)
+    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    linear = True
+
+    def __post_init__(self):
+        _check_image_shape(self.signal_shape, "SuperResolution")
+        h, w, _ = self.signal_shape
+        if self.factor < 2 or h % self.factor or w % self.factor:
+            raise ValueError(f"SuperResolution factor {self.factor} must be >= 2 and divide H={h} and W={w}")
+
+    @property
+    def measurement_shape(self):
+        h, w, c = self.signal_shape
+        return (h // self.factor, w // self.factor, c)
+
+    @property
+    def num_measured(self) -> int:
+        return math.prod(self.measurement_shape)
+
+    def _blocks(self, x):
+        """(H, W, C) -> (H/f, W/f, f^2, C)."""
+        f = self.factor
+        h, w, c = self.signal_shape
+        return x.reshape(h // f, f, w // f, f, c).transpose(0, 2, 1, 3, 4).reshape(h // f, w // f, f * f, c)
+
+    def _unblocks(self, b):
+        """(H/f, W/f, f^2, C) -> (H, W, C)."""
+        f = self.factor
+        h, w, c = self.signal_shape
+        return b.reshape(h // f, w // f, f, f, c).transpose(0, 2, 1, 3, 4).reshape(h, w, c)
+
+    def apply(self, x):
+        return jnp.mean(self._blocks(x), axis=2)
+
+    def pinv(self, y):
+        """Nearest-neighbour upsampling: each low-resolution pixel replicated over its block."""
+        f = self.factor
+        return jnp.repeat(jnp.repeat(y, f, axis=0), f, axis=1)
+
+    def adjoint(self, y):
+        return self.pinv(y) / self.factor**2
+
+    def singular_values(self):
+        f = self.factor
+        first = jnp.zeros((f, f)).at[0, 0].set(1.0 / f)
+        h, w, c = self.signal_shape
+        return jnp.broadcast_to(jnp.tile(first, (h // f, w // f))[..., None], self.signal_shape)
+
+    def v_t(self, x):
+        q = jnp.asarray(_block_basis(self.factor), x.dtype)
+        return self._unblocks(jnp.einsum("kj,abkc->abjc", q, self._blocks(x)))
+
+    def v(self, c):
+        q = jnp.asarray(_block_basis(self.factor), c.dtype)
+        return self._unblocks(jnp.einsum("kj,abjc->abkc", q, self._blocks(c)))
+
+    def u_t(self, y):
+        f = self.factor
+        return jnp.zeros(self.signal_shape, y.dtype).at[::f, ::f].set(y)
+
+    def u(self, c):
+        return c[:: self.factor, :: self.factor]
+
+
+@functools.lru_cache(maxsize=None)
+def _blur_factors(n: int, kernel_size: int, width: float, threshold: float):
+    """1-D zero-boundary Gaussian blur matrix K (n, n) and its SVD K = U diag(s) V^T, float64.
+
+    Taps at offsets -k//2..k//2 with weights exp(-o^2 / (2 width^2)), normalised to sum 1. Returns
+    (K, U, s_truncated, V) where singular values below `threshold` are set to 0.
+    """
+    half = kernel_size // 2
+    offsets = np.arange(-half, half + 1)
+    taps = np.exp(-(offsets**2) / (2.0 * width**2))
+    taps /= taps.sum()
+    k = np.zeros((n, n))
+    for o, t in zip(offsets, taps):
+        k += t * np.eye(n, k=o)
+    u, s, vt = np.linalg.svd(k)
+    return k, u, np.where(s >= threshold, s, 0.0), vt.T
+
+
+@struct.dataclass
+class GaussianBlur(_Gaussian):
+    """Separable Gaussian blur per channel with zeros outside the image: A X = K_r X K_c^T, (H,W,C) -> (H,W,C).
+
+    kernel_size: odd number of taps; width: Gaussian std in pixels. apply is the exact blur. The SVD comes
+    from the 1-D SVDs (V^T x = V_r^T X V_c, s_ij = s_i^r s_j^c) with 1-D singular values below `threshold`
+    set to 0 first (3e-2 as in DDRM); singular_values(), pinv and the projector P = pinv(apply(x)) = V_r V_r^T
+    all come from this one truncated SVD, so A A^+ A = A holds exactly only for threshold = 0.
+    """
+
+    kernel_size: int = struct.field(pytree_node=False)
+    width: float = struct.field(pytree_node=False)
+    noise_std: float = struct.field(pytree_node=False)
+    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    threshold: float = struct.field(pytree_node=False, default=3e-2)
+    linear = True
+
+    def __post_init__(self):
+        _check_image_shape(self.signal_shape, "GaussianBlur")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"GaussianBlur kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.width <= 0:
+            raise ValueError(f"GaussianBlur width must be positive, got {self.width}")
+
+    @property
+    def measurement_shape(self):
+        return self.signal_shape
+
+    @property
+    def num_measured(self) -> int:
+        return math.prod(self.signal_shape)
+
+    def _factors(self, axis: int, dtype):
+        """(K, U, s, V) of the 1-D blur along image axis 0 (rows) or 1 (columns), as jnp arrays."""
+        mats = _blur_factors(self.signal_shape[axis], self.kernel_size, float(self.width), float(self.threshold))
+        return tuple(jnp.asarray(m, dtype) for m in mats)
+
+    @staticmethod
+    def _sandwich(left, x, right):
+        """left @ X @ right per channel: (H', H) (H, W, C) (W, W') -> (H', W', C)."""
+        return jnp.einsum("ih,hwc,wj->ijc", left, x, right)
+
+    def apply(self, x):
+        k_r, k_c = self._factors(0, x.dtype)[0], self._factors(1, x.dtype)[0]
+        return self._sandwich(k_r, x, k_c.T)
+
+    def adjoint(self, y):
+        k_r, k_c = self._factors(0, y.dtype)[0], self._factors(1, y.dtype)[0]
+        return self._sandwich(k_r.T, y, k_c)
+
+    def singular_values(self):
+        s_r, s_c = self._factors(0, jnp.float32)[2], self._factors(1, jnp.float32)[2]
+        return jnp.broadcast_to((s_r[:, None] * s_c[None, :])[..., None], self.signal_shape)
+
+    def v_t(self, x):
+        v_r, v_c = self._factors(0, x.dtype)[3], self._factors(1, x.dtype)[3]
+        return self._sandwich(v_r.T, x, v_c)
+
+    def v(self, c):
+        v_r, v_c = self._factors(0, c.dtype)[3], self._factors(1, c.dtype)[3]
+        return self._sandwich(v_r, c, v_c.T)
+
+    def u_t(self, y):
+        u_r, u_c = self._factors(0, y.dtype)[1], self._factors(1, y.dtype)[1]
+        return self._sandwich(u_r.T, y, u_c)
+
+    def u(self, c):
+        u_r, u_c = self._factors(0, c.dtype)[1], self._factors(1, c.dtype)[1]
+        return self._sandwich(u_r, c, u_c.T)
+
+    def pinv(self, y):
+        """V diag(1/s) U^T y over the singular values kept by the threshold."""
+        s = self.singular_values().astype(y.dtype)
+        kept = s > 0
+        return self.v(jnp.where(kept, self.u_t(y) / jnp.where(kept, s, 1.0), 0.0))
+
+
+@struct.dataclass
+class Saturate(_Gaussian):
+    """Saturating sensor y = tanh(gain * x) + n, elementwise; nonlinear (no adjoint, pinv or SVD)."""
+
+    gain: float = struct.field(pytree_node=False)
+    noise_std: float = struct.field(pytree_node=False)
+    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    linear = False
+
+    @property
+    def measurement_shape(self):
+        return self.signal_shape
+
+    @property
+    def num_measured(self) -> int:
+        return math.prod(self.signal_shape)
+
+    def apply(self, x):
+        return jnp.tanh(self.gain * x)
+
+
 def random_mask(key: jax.Array, signal_shape: tuple[int, ...], hidden_fraction, per_channel: bool = False):
     """Mask of shape S with round(hidden_fraction * n) entries hidden (0), the rest 1.
 
@@ -130,6 +342,22 @@ def random_mask(key: jax.Array, signal_shape: tuple[int, ...], hidden_fraction, 
     return mask
 
 
+def box_mask(signal_shape: tuple[int, ...], size: int, top: int | None = None, left: int | None = None):
+    """Mask of an (H, W, C) image with the size x size box at rows top.., columns left.. hidden (0), all channels.
+
+    top / left default to centring the box.
+    """
+    _check_image_shape(signal_shape, "box_mask")
+    h, w, _ = signal_shape
+    top = (h - size) // 2 if top is None else top
+    left = (w - size) // 2 if left is None else left
+    if size < 1 or top < 0 or left < 0 or top + size > h or left + size > w:
+        raise ValueError(f"box of size {size} at (top={top}, left={left}) does not fit in a {h}x{w} image")
+    mask = np.ones(signal_shape, np.float32)
+    mask[top : top + size, left : left + size] = 0.0
+    return jnp.asarray(mask)
+
+
 @dataclasses.dataclass(frozen=True)
 class OperatorFamily:
     """How the operator of each measurement is made: `draw(key)` -> operator (a pytree)."""
@@ -142,13 +370,21 @@ class OperatorFamily:
         return jax.vmap(self.draw)(jax.random.split(key, n))
 
 
+OPERATOR_NAMES = ("denoise", "inpaint", "impute", "inpaint_blind", "inpaint_box", "sr", "deblur", "saturate")
+
+
 def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
     """Build the operator family named by cfg.name from an ml_collections config section.
 
-    Recognised names and their settings:
-      denoise                      noise_std
-      inpaint                      noise_std, hidden_fraction, mask_seed, per_measurement (draw a mask per y)
-      inpaint_blind                noise_std, hidden_min, hidden_max (mask level per y, not shown to the flow)
+    Recognised names and their settings (every name also takes noise_std):
+      denoise
+      inpaint, impute              hidden_fraction, mask_seed, per_measurement (draw a mask per y); 'impute' is
+                                   the same operator, named for vertex signals (V, C)
+      inpaint_blind                hidden_min, hidden_max (mask level per y, not shown to the flow)
+      inpaint_box                  box_size, box_top, box_left (optional; default: centred)
+      sr                           factor (average pooling)
+      deblur                       kernel_size, width, threshold (optional, default 3e-2)
+      saturate                     gain
     """
     name = cfg.name
     signal_shape = tuple(signal_shape)
@@ -156,7 +392,7 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
     if name == "denoise":
         op = Denoise(noise_std=s, signal_shape=signal_shape)
         return OperatorFamily(lambda key: op, signal_shape)
-    if name == "inpaint":
+    if name in ("inpaint", "impute"):
         if cfg.get("per_measurement", False):
             return OperatorFamily(
                 lambda key: Inpaint(random_mask(key, signal_shape, cfg.hidden_fraction), s, show_mask=True),
@@ -172,7 +408,26 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
             return Inpaint(random_mask(k_mask, signal_shape, level), s, show_mask=False)
 
         return OperatorFamily(draw, signal_shape)
-    raise ValueError(f"unknown operator {name!r}; known: denoise, inpaint, inpaint_blind")
+    if name == "inpaint_box":
+        op = Inpaint(box_mask(signal_shape, cfg.box_size, cfg.get("box_top"), cfg.get("box_left")), s)
+        return OperatorFamily(lambda key: op, signal_shape)
+    if name == "sr":
+        op = SuperResolution(factor=int(cfg.factor), noise_std=s, signal_shape=signal_shape)
+        return OperatorFamily(lambda key: op, signal_shape)
+    if name == "deblur":
+        op = GaussianBlur(
+            kernel_size=int(cfg.kernel_size),
+            width=float(cfg.width),
+            noise_std=s,
+            signal_shape=signal_shape,
+            threshold=float(cfg.get("threshold", 3e-2)),
+        )
+        return OperatorFamily(lambda key: op, signal_shape)
+    if name == "saturate":
+        op = Saturate(gain=float(cfg.gain), noise_std=s, signal_shape=signal_shape)
+        return OperatorFamily(lambda key: op, signal_shape)
+    raise ValueError(f"unknown operator {name!r}; known: {', '.join(OPERATOR_NAMES)}")
+
 
 
 def broadcast_operator(op, n: int):
