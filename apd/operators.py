@@ -1,7 +1,9 @@
 """Forward operators y = A(x) + n, n ~ N(0, s^2 I), acting on ONE signal in its natural shape S.
 
-Every operator is a pytree (flax struct dataclass): the arrays that define it (a mask, a kernel) are leaves,
-so a batch of per-measurement operators is one operator with a leading axis, used under `jax.vmap`.
+Every operator is a pytree (flax struct dataclass): arrays that may differ per measurement (a mask) are leaves,
+so a batch of per-measurement operators is one operator with a leading axis, used under `jax.vmap`. Operators
+fixed by a few numbers (a pooling factor, a blur width) keep those as static fields and build their matrices
+(float64 NumPy, cached, cast to the input dtype) when traced.
 
 Common interface (x has shape S = `signal_shape`, y has shape `measurement_shape`):
   apply(x) -> y_clean            log_likelihood(y, x) -> scalar, nats, with every constant
