@@ -1,0 +1,42 @@
+"""Evaluation: metrics (PSNR, SSIM, LPIPS, FID, calibration) and figures (image grids, mesh and map renders)."""
+from apd.eval.figures import (
+    save_image_grid,
+    save_latlon_maps,
+    save_mesh_renders,
+    save_signal_figure,
+    save_sphere_renders,
+)
+from apd.eval.metrics import (
+    calibration_error,
+    coverage,
+    fid_from_features,
+    frechet_distance,
+    load_inception_weights,
+    lpips,
+    mse,
+    posterior_mean,
+    posterior_std,
+    psnr,
+    ssim,
+    ssim_window_size,
+)
+
+__all__ = [
+    "calibration_error",
+    "coverage",
+    "fid_from_features",
+    "frechet_distance",
+    "load_inception_weights",
+    "lpips",
+    "mse",
+    "posterior_mean",
+    "posterior_std",
+    "psnr",
+    "ssim",
+    "ssim_window_size",
+    "save_image_grid",
+    "save_latlon_maps",
+    "save_mesh_renders",
+    "save_signal_figure",
+    "save_sphere_renders",
+]

