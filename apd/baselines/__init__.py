@@ -3,7 +3,10 @@
     solve(prior, operator, y, key, **settings) -> (samples (N, *S), nfe)
 
 for a batch of N measurements y (N, *measurement_shape) and a batch of N operators (leading axis N, e.g.
-`broadcast_operator(op, N)`): one sample per measurement. Modules are imported on first use.
+`broadcast_operator(op, N)`): one sample per measurement, measurement i drawn with fold_in(key, i), so a
+measurement gives the same sample alone or inside any batch. Each module compiles once per shape and per
+structural setting (step count, flags); continuous weights (zeta, eta, lr, ...) are traced, so tuning them does
+not recompile. Modules are imported on first use.
 """
 from __future__ import annotations
 
