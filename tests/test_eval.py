@@ -90,11 +90,6 @@ def test_ssim_small_image_window_rule():
     np.testing.assert_allclose(metrics.ssim(digits, digits), 1.0, atol=1e-6)
 
 
-def test_ssim_is_jittable():
-    ref = np.random.default_rng(5).uniform(size=(2, 16, 16, 1))
-    np.testing.assert_allclose(jax.jit(metrics.ssim)(ref * 0.9, ref), metrics.ssim(ref * 0.9, ref), atol=1e-6)
-
-
 def test_ssim_on_vertex_signals_raises():
     with pytest.raises(ValueError, match="vertex signals"):
         metrics.ssim(np.zeros((2, 1889, 1)), np.zeros((2, 1889, 1)))
@@ -126,7 +121,7 @@ def test_coverage_from_ranks_among_samples():
 def test_coverage_of_exact_gaussian_posterior_is_nominal():
     k1, k2 = jax.random.split(jax.random.key(0))
     truth = jax.random.normal(k1, (2, 5000))  # 10,000 truth entries
-    samples = jax.random.normal(k2, (2, 1000, 5000))  # N=2, K=1000 samples of every entry
+    samples = jax.random.normal(k2, (2, 400, 5000))  # N=2, K=400 samples of every entry
     levels = (0.5, 0.9, 0.95)
     np.testing.assert_allclose(metrics.coverage(samples, truth, levels), levels, atol=0.01)
     assert float(metrics.calibration_error(samples, truth)) < 0.01
@@ -135,7 +130,7 @@ def test_coverage_of_exact_gaussian_posterior_is_nominal():
 def test_coverage_of_overdispersed_posterior_matches_closed_form():
     k1, k2 = jax.random.split(jax.random.key(1))
     truth = jax.random.normal(k1, (1, 10000))
-    samples = 2.0 * jax.random.normal(k2, (1, 1000, 10000))  # std 2 instead of 1
+    samples = 2.0 * jax.random.normal(k2, (1, 400, 10000))  # std 2 instead of 1
     levels = np.array([0.5, 0.9])
     expected = 2 * norm.cdf(2 * norm.ppf((1 + levels) / 2)) - 1  # P(|z| < 2 z_l) = 0.8226, 0.9990
     np.testing.assert_allclose(metrics.coverage(samples, truth, tuple(levels)), expected, atol=0.015)

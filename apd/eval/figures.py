@@ -5,7 +5,8 @@ signals (N, *S) in [0, 1] (truth, measurement, samples, posterior mean, std, bas
 its N signals in columns. Rows whose label is listed in `scaled` (default: "std") are drawn with a colour
 map scaled from 0 to that row's maximum, which is written under the label; other rows are clipped to
 [0, 1]. The pixel size is exact: width (LABEL_INCHES + ncols * cell width) * DPI, height nrows *
-CELL_INCHES * DPI; lat-lon cells are n_lon / n_lat times as wide as high, rounded to whole pixels. Each function writes the file and returns its path.
+CELL_INCHES * DPI; lat-lon cells are n_lon / n_lat times as wide as high, rounded to whole
+pixels. Each function writes the file (creating its folder) and returns its path.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ data_range=1.0, channel_axis=-1, win_size=w)`):
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -73,6 +74,7 @@ def _gaussian_band(size: int, crop: int) -> np.ndarray:
     return band[crop : size - crop]
 
 
+@jax.jit
 def ssim(x: jax.Array, ref: jax.Array) -> jax.Array:
     """Structural similarity per image under the pinned convention: x, ref (N, H, W, C) in [0, 1] -> (N,).
 
@@ -133,8 +135,11 @@ def posterior_std(samples: jax.Array) -> jax.Array:
     return jnp.std(samples, axis=1)
 
 
+@functools.partial(jax.jit, static_argnames="levels")
 def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS) -> jax.Array:
     """Empirical coverage of central credible intervals: samples (N, K, *S), truth (N, *S) -> (len(levels),).
+
+    levels: a tuple of floats in (0, 1) (static under jit).
 
     Each truth entry gets its position among its K samples, u = (#{s < truth} + #{s == truth} / 2 + 1/2)
     / (K + 1), i.e. the sample quantile level of the truth with the i / (K + 1) plotting position for the
@@ -154,6 +159,7 @@ def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS) -> ja
     return jnp.mean(inside, axis=1)
 
 
+@functools.partial(jax.jit, static_argnames="levels")
 def calibration_error(samples: jax.Array, truth: jax.Array, levels=CALIBRATION_LEVELS) -> jax.Array:
     """Mean absolute gap |coverage(l) - l| over the levels (default 0.05, ..., 0.95): a scalar, 0 if calibrated."""
     levels_arr = jnp.asarray(levels)
