@@ -6,15 +6,16 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import jax
+import matplotlib.pyplot as plt
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from apd.data import Dataset
 from apd.priors import GaussianPrior, eps_from_score
 from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
@@ -147,7 +148,7 @@ def _fake_dataset():
     rng = np.random.default_rng(0)
     train = rng.uniform(size=(64, 2, 2, 1)).astype(np.float32)
     val = rng.uniform(size=(8, 2, 2, 1)).astype(np.float32)
-    return types.SimpleNamespace(train=train, val=val, test=val, signal_shape=(2, 2, 1), kind="image")
+    return Dataset(name="fake", train=train, val=val, test=val, signal_shape=(2, 2, 1), kind="image", split={})
 
 
 def _prior_config(num_steps):
@@ -190,6 +191,8 @@ def test_train_prior_logs_checkpoints_and_resumes(tmp_path):
     assert [m["step"] for m in logged] == [5, 10, 15, 20]
     assert logged[0]["lr"] == pytest.approx(0.8e-3) and logged[-1]["lr"] == pytest.approx(1e-3)
     assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in logged)
+    figure = plt.imread(os.path.join(workdir, "prior", "samples.png"))
+    assert figure.shape[:2] == (200, 500)  # 2 rows (data, samples) x (label + 4 columns) of 100 px
     with open(os.path.join(workdir, "prior", "config.json")) as f:
         assert json.load(f)["prior"]["signal_shape"] == [2, 2, 1]
 

@@ -8,11 +8,10 @@ of Song et al. 2021.
 
 Artefacts under workdir/prior/: config.json (the run's config, with prior.signal_shape added),
 checkpoints/ (orbax; state = params, ema_params, opt_state, step, rng), metrics.jsonl and TensorBoard
-events, samples.png (EMA prior samples beside validation data).
+events, samples.png (EMA prior samples below training signals).
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Callable
 
@@ -24,6 +23,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from apd.data import load_dataset
+from apd.eval.figures import save_dataset_figure
 from apd.nets import make_score_net
 from apd.priors import ScoreNetPrior
 from apd.sde import VPSDE
@@ -103,27 +104,11 @@ def _batch(train: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarr
     return train[idx[start : start + per_process]]
 
 
-def _save_sample_figure(path: str, dataset, samples: np.ndarray) -> None:
-    try:
-        from apd.eval.figures import save_signal_figure
-    except ImportError as err:
-        logging.warning("skipping the prior sample figure: %s", err)
-        return
-    geometry = {
-        name: getattr(dataset, name)
-        for name in ("vertices", "faces", "lat", "lon")
-        if getattr(dataset, name, None) is not None
-    }
-    reference = np.asarray(dataset.val[: samples.shape[0]])
-    rows = [("data", reference), ("prior samples", np.clip(samples, 0.0, 1.0))]
-    save_signal_figure(path, dataset.kind, rows, **geometry)
-
-
 def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> ScoreNetPrior:
     """Train (or resume, or just load) the score-network prior of `config` in workdir/prior.
 
-    dataset: an object with .train (N,*S) float32, .val, .signal_shape, .kind (and geometry for figures);
-    default `apd.data.load_dataset(config.data)`. Returns the prior with EMA parameters.
+    dataset: an apd.data.Dataset (or an object with its fields: train (N,*S) float32, val, signal_shape,
+    kind, and the geometry its figures need); default `apd.data.load_dataset(config.data)`. Returns the prior with EMA parameters.
     """
     tcfg = config.prior.training
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
@@ -132,8 +117,6 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
         checkpointer.close()
         return load_prior(workdir)
     if dataset is None:
-        from apd.data import load_dataset
-
         dataset = load_dataset(config.data)
 
     signal_shape = tuple(dataset.signal_shape)
@@ -186,7 +169,8 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
     if is_main:
         sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
         samples = np.asarray(sample(prior, jax.random.PRNGKey(config.seed + 1)))
-        _save_sample_figure(os.path.join(prior_dir(workdir), "samples.png"), dataset, samples)
+        rows = [("training data", train[: tcfg.num_samples]), ("prior samples", samples)]
+        save_dataset_figure(os.path.join(prior_dir(workdir), "samples.png"), dataset, rows)
     return prior
 
 
