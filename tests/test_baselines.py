@@ -97,28 +97,24 @@ def test_tweedie_and_vjps_exact(prior):
 
 @jax.jit
 def _reference_sampler(prior, y, key):
-    """DDPM loop (200 steps) with the exact conditional Tweedie estimate (METHODS 1.6), noisy inpainting s_y = 0.1."""
+    """DDPM loop (200 steps) with the exact conditional Tweedie estimate (METHODS 1.6), noisy inpainting s_y = 0.1:
+    x0_hat + (sigma_t^2 / alpha_t) J^T A^T K_t^-1 (y - A x0_hat), K_t = A Cov[x0|x_t] A^T + s_y^2 I."""
     a, s_y, cov = jnp.diag(MASK.ravel()), 0.1, jnp.asarray(COV, jnp.float32)
     grid = jnp.asarray(common.full_grid(200), jnp.float32)
 
-    def one(key):
-        def step(x, inputs):
-            t, s, k = inputs
-            alpha, sigma = prior.sde.alpha(t), prior.sde.sigma(t)
-            sigma_t = alpha**2 * cov + sigma**2 * jnp.eye(4)
-            x0_hat = common.tweedie(prior, x.reshape(SHAPE), t)[0].ravel()
-            post_cov = sigma**2 * cov @ jnp.linalg.inv(sigma_t)
-            k_t = a @ post_cov @ a.T + s_y**2 * jnp.eye(4)
-            jac = alpha * cov @ jnp.linalg.inv(sigma_t)
-            likelihood_score = jac.T @ a.T @ jnp.linalg.solve(k_t, y - a @ x0_hat)
-            x0_cond = x0_hat + sigma**2 / alpha * likelihood_score
-            return common.ddpm_step(prior.sde, x, x0_cond, t, s, k), None
+    def step(x, inputs):  # x (N, 4): the matrices depend on t only
+        t, s, k = inputs
+        alpha, sigma = prior.sde.alpha(t), prior.sde.sigma(t)
+        sigma_t_inv = jnp.linalg.inv(alpha**2 * cov + sigma**2 * jnp.eye(4))
+        k_t = a @ (sigma**2 * cov @ sigma_t_inv) @ a.T + s_y**2 * jnp.eye(4)
+        gain = sigma**2 / alpha * (alpha * cov @ sigma_t_inv).T @ a.T @ jnp.linalg.inv(k_t)
+        x0_hat = jax.vmap(lambda xi: common.tweedie(prior, xi.reshape(SHAPE), t)[0].ravel())(x)
+        x0_cond = x0_hat + (y - x0_hat @ a.T) @ gain.T
+        return common.ddpm_step(prior.sde, x, x0_cond, t, s, k), None
 
-        init_key, steps_key = jax.random.split(key)
-        x, _ = jax.lax.scan(step, jax.random.normal(init_key, (4,)), (grid[:-1], grid[1:], jax.random.split(steps_key, 200)))
-        return x
-
-    return jax.vmap(one)(jax.random.split(key, N))
+    init_key, steps_key = jax.random.split(key)
+    x, _ = jax.lax.scan(step, jax.random.normal(init_key, (N, 4)), (grid[:-1], grid[1:], jax.random.split(steps_key, 200)))
+    return x
 
 
 def test_reference_sampler_matches_exact_posterior(prior):
@@ -162,17 +158,6 @@ def test_dps_fits_the_measurement(dps_runs):
     assert residual[0.0] > 1.2  # prior draws: E||x_o - y_o|| ~ 1.4
     assert residual[0.1] < 0.1  # about the noise level s_y sqrt(2) = 0.07
     assert residual[0.1] < residual[0.02] < residual[0.0]
-
-
-def test_dps_batch_invariance(prior):
-    """One measurement alone equals the same measurement at index 0 of a batch of 8 (same key)."""
-    ys = jax.random.uniform(jax.random.PRNGKey(3), (8,) + SHAPE) * MASK
-    op = broadcast_operator(Inpaint(MASK, 0.05), 8)
-    dps = get_baseline("dps")
-    batch, _ = dps.solve(prior, op, ys, KEY, zeta=0.5, num_steps=20)
-    alone, _ = dps.solve(prior, broadcast_operator(Inpaint(MASK, 0.05), 1), ys[:1], KEY, zeta=0.5, num_steps=20)
-    np.testing.assert_allclose(alone[0], batch[0], atol=1e-5)
-    assert np.abs(np.asarray(batch[0] - batch[1])).max() > 1e-2  # different measurements, different samples
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -282,11 +267,16 @@ def test_reddiff_lambda_zero_returns_pinv(prior):
     np.testing.assert_array_equal(_flat(out), np.broadcast_to(y, (8, 4)).astype(np.float32))
 
 
-def test_reddiff_fits_observed_and_refuses_no_pinv(prior):
+@pytest.fixture(scope="module")
+def reddiff_run(prior):
+    """Default lam and lr, 50 steps, 8 copies of one noisy inpainting measurement."""
+    op, ys = _repeat(Inpaint(MASK, 0.05), MASK.ravel() * X_TRUE, 8)
+    return get_baseline("reddiff").solve(prior, op, ys, KEY, num_steps=50)
+
+
+def test_reddiff_fits_observed_and_refuses_no_pinv(prior, reddiff_run):
     """With the default lam the observed entries stay near y (data term), missing ones move from A^+ y = 0."""
-    y = MASK.ravel() * X_TRUE
-    op, ys = _repeat(Inpaint(MASK, 0.05), y, 8)
-    out = _flat(get_baseline("reddiff").solve(prior, op, ys, KEY, num_steps=50)[0])
+    out = _flat(reddiff_run[0])
     assert np.abs(out[:, :2] - X_TRUE[:2]).max() < 0.1
     assert np.abs(out[:, 2:]).min() > 0.0
     with pytest.raises(ValueError, match="RED-diff needs an operator with a pseudo-inverse"):
@@ -299,7 +289,7 @@ def test_reddiff_denoising_identity(prior):
     alpha, sigma = float(prior.sde.alpha(t)), float(prior.sde.sigma(t))
     eps = jax.random.normal(KEY, (20000,) + SHAPE)
     x_t = alpha * jnp.asarray(mu, jnp.float32).reshape(SHAPE) + sigma * eps
-    eps_hat = jax.vmap(lambda x: common.tweedie(prior, x, t)[1])(x_t)
+    eps_hat = jax.jit(jax.vmap(lambda x: common.tweedie(prior, x, t)[1]))(x_t)
     mc = _flat(eps_hat - eps).mean(0)
     exact = alpha * sigma * np.linalg.solve(alpha**2 * COV + sigma**2 * np.eye(4), mu - MEAN)
     np.testing.assert_allclose(mc, exact, atol=0.02)  # Monte Carlo std ~ 0.006
@@ -322,7 +312,7 @@ def test_noise2score_is_the_exact_posterior_mean(prior):
 
 
 def test_noise2score_refuses_inpainting_and_reports_clamp(prior):
-    with pytest.raises(ValueError, match="Noise2Score needs the denoising operator"):
+    with pytest.raises(ValueError, match=r"Noise2Score needs the denoising operator Denoise \(A = I\); Inpaint is not"):
         get_baseline("noise2score").solve(prior, broadcast_operator(Inpaint(MASK, 0.1), 1), jnp.zeros((1,) + SHAPE), KEY)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -333,7 +323,31 @@ def test_noise2score_refuses_inpainting_and_reports_clamp(prior):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Registry
+# Batch invariance and registry
+
+
+@pytest.mark.parametrize("name", ["dps", "mcg", "ddrm", "reddiff"])
+def test_batch_invariance(name, request):
+    """Measurement 0 alone gives the same sample as at index 0 of the fixture's batch (same key and settings);
+    other members of the batch differ (they use fold_in(key, i))."""
+    runs = {
+        "dps": (lambda r: r[0.1], dict(zeta=0.1, num_steps=200, clip=False), Inpaint(MASK, 0.05), "prior"),
+        "mcg": (lambda r: r[0.03], dict(alpha_step=0.03, num_steps=200, clip=False, y_noise_time="output"),
+                Inpaint(MASK, 0.0), "prior"),
+        "ddrm": (lambda r: r[1][0.85], dict(eta=0.85), Inpaint(MASK, 0.1), "unit_prior"),
+        "reddiff": (lambda r: r, dict(num_steps=50), Inpaint(MASK, 0.05), "prior"),
+    }
+    pick, settings, op, prior_name = runs[name]
+    batch = np.asarray(pick(request.getfixturevalue(f"{name}_run" if name == "reddiff" else f"{name}_runs"))[0])
+    y = MASK.ravel() * (np.array([1.0, -0.95, 0.0, 0.0]) if name == "ddrm" else X_TRUE)
+    alone, _ = get_baseline(name).solve(
+        request.getfixturevalue(prior_name), broadcast_operator(op, 1), jnp.asarray(y, jnp.float32).reshape((1,) + SHAPE),
+        KEY, **settings,
+    )
+    np.testing.assert_allclose(alone[0], batch[0], atol=1e-5)
+    assert np.abs(batch[0] - batch[1]).max() > 1e-3
+
+
 
 
 def test_registry():

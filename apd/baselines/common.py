@@ -115,7 +115,7 @@ _FEATURE_TEXT = {  # feature: (what the method needs, what the operator lacks)
     "linear": ("a linear operator", "is not linear"),
     "pinv": ("an operator with a pseudo-inverse (pinv)", "has none"),
     "svd": ("an operator with an SVD form (singular_values, v_t, v, u_t, u)", "has none"),
-    "denoise": ("the denoising operator (A = I); it does not apply to other operators", "is another operator"),
+    "denoise": ("the denoising operator Denoise (A = I)", "is not Denoise"),
 }
 
 
