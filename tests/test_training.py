@@ -62,6 +62,10 @@ def test_ema_update_pinned():
     np.testing.assert_allclose(out["b"], [1.8, 3.6], rtol=1e-6)
 
 
+def _assert_trees_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
 def _state(seed):
     rng = np.random.default_rng(seed)
     return {
@@ -84,7 +88,7 @@ def test_checkpoint_round_trip_and_keep(tmp_path):
     older = ckpt.restore(jax.eval_shape(lambda: _state(0)), step=2)
     ckpt.close()
     for restored, expected in ((latest, _state(3)), (older, _state(2))):
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, expected)
+        _assert_trees_equal(restored, expected)
         assert restored["rng"].dtype == jnp.uint32
 
 
@@ -131,7 +135,10 @@ def test_dsm_loss_of_exact_score_matches_closed_form(likelihood_weighting):
     loss = float(dsm_loss(lambda x, s: eps_from_score(prior, x, s), sde, x0, t, noise))
     # E_t of the closed form over the time density, by quadrature on a log grid.
     grid = np.geomspace(sde.t_min, 1.0, 200_001)
-    density = np.asarray(sde.importance_density(grid)) if likelihood_weighting else np.full_like(grid, 1 / (1 - sde.t_min))
+    if likelihood_weighting:
+        density = np.asarray(sde.importance_density(grid))
+    else:
+        density = np.full_like(grid, 1 / (1 - sde.t_min))
     expected = np.trapezoid(density * _optimal_loss(sde, lam, grid), grid)
     # Each residual entry is N(0, v) with v <= 1, so its square has variance <= 2: 4 standard errors.
     assert abs(loss - expected) < 4 * math.sqrt(2.0 / (2 * n))
@@ -208,7 +215,7 @@ def test_train_prior_logs_checkpoints_and_resumes(tmp_path):
     loaded = load_prior(workdir)
     assert loaded.signal_shape == (2, 2, 1) and loaded.sde == VPSDE()
     for other in (again, loaded):
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), other.params, prior.params)
+        _assert_trees_equal(other.params, prior.params)
     x, t = jnp.full((3, 2, 2, 1), 0.5), jnp.array([0.1, 0.5, 0.9])
     np.testing.assert_array_equal(loaded.score(x, t), prior.score(x, t))
 

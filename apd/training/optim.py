@@ -46,7 +46,9 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Arr
     }
 
 
-def apply_gradients(state: dict, grads: Any, tx: optax.GradientTransformation, ema_decay: float, rng: jax.Array) -> dict:
+def apply_gradients(
+    state: dict, grads: Any, tx: optax.GradientTransformation, ema_decay: float, rng: jax.Array
+) -> dict:
     """One optimiser step on state["params"], the EMA after it, step + 1, and the next key `rng`."""
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

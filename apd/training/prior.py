@@ -107,10 +107,13 @@ def _batch(train: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarr
 def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> ScoreNetPrior:
     """Train (or resume, or just load) the score-network prior of `config` in workdir/prior.
 
-    dataset: an apd.data.Dataset (or an object with its fields: train (N,*S) float32, val, signal_shape,
-    kind, and the geometry its figures need); default `apd.data.load_dataset(config.data)`. Returns the prior with EMA parameters.
+    dataset: an apd.data.Dataset (or an object with its fields: train (N,*S) float32, signal_shape, kind,
+    and the geometry its figures need); default `apd.data.load_dataset(config.data)`.
+    Returns the prior with EMA parameters.
     """
     tcfg = config.prior.training
+    if tcfg.batch_size % jax.device_count():
+        raise ValueError(f"prior batch_size {tcfg.batch_size} must be a multiple of the {jax.device_count()} devices")
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None and latest >= tcfg.num_steps:
@@ -166,9 +169,9 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
         writer.close()
 
     prior = ScoreNetPrior(state["ema_params"], module, sde, signal_shape)
+    sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
+    samples = np.asarray(sample(prior, jax.random.PRNGKey(config.seed + 1)))  # every process runs the program
     if is_main:
-        sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
-        samples = np.asarray(sample(prior, jax.random.PRNGKey(config.seed + 1)))
         rows = [("training data", train[: tcfg.num_samples]), ("prior samples", samples)]
         save_dataset_figure(os.path.join(prior_dir(workdir), "samples.png"), dataset, rows)
     return prior
@@ -176,7 +179,8 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
 
 def prior_exists(workdir: str) -> bool:
     """Whether workdir/prior holds a config and at least one checkpoint."""
-    if not (os.path.exists(os.path.join(prior_dir(workdir), "config.json")) and os.path.isdir(_checkpoint_dir(workdir))):
+    has_config = os.path.exists(os.path.join(prior_dir(workdir), "config.json"))
+    if not (has_config and os.path.isdir(_checkpoint_dir(workdir))):
         return False
     checkpointer = Checkpointer(_checkpoint_dir(workdir), 1)
     latest = checkpointer.latest_step()
