@@ -1,0 +1,45 @@
+"""The prior ELBO keeps every constant: with an exact score it is tight on the exact log-density."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apd.elbo import elbo
+from apd.priors import GaussianPrior
+
+RNG = np.random.RandomState(3)
+D = 8
+A = RNG.randn(D, D) / np.sqrt(D)
+PRIOR = GaussianPrior.create(0.5 + 0.1 * RNG.randn(D), 0.005 * A @ A.T + 0.0025 * np.eye(D), signal_shape=(D, 1))
+
+
+@pytest.fixture(scope="module")
+def estimates():
+    x = PRIOR.sample(jax.random.PRNGKey(0), 64)
+    f = jax.jit(lambda x, k: elbo(PRIOR, x, k, num_draws=4000))
+    draws = np.stack([np.asarray(f(x, jax.random.PRNGKey(i))) for i in range(5)])
+    return x, draws
+
+
+def test_elbo_equals_exact_log_density_on_average(estimates):
+    x, draws = estimates
+    log_p = np.asarray(PRIOR.log_prob(x))
+    diff = draws.mean(0) - log_p
+    standard_error = draws.std(0).mean() / np.sqrt(draws.shape[0]) / np.sqrt(len(log_p))
+    # Tight bound with the exact score: the average gap is Monte-Carlo noise, and within 1% of |log p|.
+    assert abs(diff.mean()) < 4 * standard_error + 1e-3
+    assert abs(diff.mean()) < 0.01 * np.abs(log_p).mean()
+    assert np.abs(log_p).mean() > 5.0  # the 1% is of a non-trivial number of nats
+
+
+def test_elbo_gradient_matches_score_of_the_data_density():
+    x = PRIOR.sample(jax.random.PRNGKey(1), 4)
+    grad = jax.jit(jax.grad(lambda v, k: elbo(PRIOR, v, k, num_draws=20_000).sum()))
+    g = np.mean([np.asarray(grad(x, jax.random.PRNGKey(i))) for i in range(4)], axis=0)
+    exact = np.asarray(jax.grad(lambda v: PRIOR.log_prob(v).sum())(x))
+    np.testing.assert_allclose(g, exact, rtol=0.05, atol=0.05 * np.abs(exact).mean())
+
+
+def test_elbo_draws_average_to_single_draw_shape():
+    x = jnp.full((3, D, 1), 0.5)
+    assert elbo(PRIOR, x, jax.random.PRNGKey(0), num_draws=7).shape == (3,)
