@@ -4,13 +4,32 @@ from __future__ import annotations
 import flax.linen as nn
 
 from apd.nets.mlp import ResidualMLP
+from apd.nets.unet import UNet
+from apd.nets.vertex_unet import VertexUNet
 
-__all__ = ["ResidualMLP", "make_score_net"]
+__all__ = ["ResidualMLP", "UNet", "VertexUNet", "make_score_net"]
+
+_NETS = {"mlp": ResidualMLP, "unet": UNet, "vertex_unet": VertexUNet}
+_SIGNAL_RANK = {"unet": 3, "vertex_unet": 2}
+_TUPLE_FIELDS = ("channel_mult", "attn_resolutions", "attn_levels")
 
 
 def make_score_net(cfg, signal_shape: tuple[int, ...]) -> nn.Module:
-    """The network named by cfg.name ('mlp', 'unet', 'vertex_unet') with the sizes in cfg."""
+    """The network named by cfg.name ('mlp', 'unet', 'vertex_unet') with the sizes in cfg.
+
+    'mlp' needs cfg.width and cfg.num_blocks. For 'unet' (signal (H,W,C)) and 'vertex_unet' (signal
+    (V,C)) every field of the module is optional in cfg (base_channels, channel_mult, num_res_blocks,
+    attn_resolutions / attn_levels, dropout, num_groups); missing ones take the module's defaults.
+    """
     name = cfg.name
+    if name not in _NETS:
+        raise ValueError(f"unknown score network {name!r}; known: {', '.join(_NETS)}")
     if name == "mlp":
         return ResidualMLP(width=cfg.width, num_blocks=cfg.num_blocks)
-    raise ValueError(f"unknown score network {name!r}; known: mlp")
+    if len(signal_shape) != _SIGNAL_RANK[name]:
+        raise ValueError(f"{name} needs a signal of rank {_SIGNAL_RANK[name]}, got shape {tuple(signal_shape)}")
+    module = _NETS[name]
+    fields = [f for f in module.__dataclass_fields__ if f not in ("parent", "name")]
+    kwargs = {f: cfg.get(f) for f in fields if cfg.get(f) is not None}
+    kwargs.update({f: tuple(kwargs[f]) for f in _TUPLE_FIELDS if f in kwargs})
+    return module(**kwargs)

@@ -1,0 +1,126 @@
+"""Score networks: shapes, zero output at init, time dependence, parameter counts, make_score_net."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from apd.nets import ResidualMLP, UNet, VertexUNet, make_score_net
+from apd.nets.unet import ResBlock, group_count
+
+T = jnp.array([0.1, 0.9])
+SMALL_UNET = UNet(8, (1, 2), 1, attn_resolutions=(4,))
+SMALL_VERTEX = VertexUNet(8, (1, 2, 2), 1, attn_levels=(2,))
+
+
+def _init(module, shape):
+    # The rbg key compiles much faster on CPU than threefry for a module with many initialisers.
+    x = jnp.ones(shape)
+    return jax.jit(module.init)(jax.random.key(0, impl="rbg"), x, jnp.full((shape[0],), 0.5))["params"]
+
+
+def _num_params(module, shape, *extra):
+    args = (jnp.ones(shape),) + extra if extra else (jnp.ones(shape), jnp.full((shape[0],), 0.5))
+    params = jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def _with_ones_output_kernel(params):
+    """params with the zero-initialised output conv kernel set to ones."""
+    backbone = dict(params["UNetBackbone_0"])
+    backbone["conv_out"] = {**backbone["conv_out"], "kernel": jnp.ones_like(backbone["conv_out"]["kernel"])}
+    return {"UNetBackbone_0": backbone}
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (SMALL_UNET, (1, 8, 8, 1)),
+        (UNet(4, (1, 2, 2), 1, attn_resolutions=(7,)), (1, 28, 28, 1)),  # 3 levels: no padding
+        (UNet(4, (1, 2, 2, 2), 1, attn_resolutions=(8,)), (1, 28, 28, 1)),  # 4 levels: reflect-padded to 32
+        (UNet(4, (1, 2, 2), 1), (1, 6, 10, 3)),  # padded to 8x12
+        (SMALL_VERTEX, (1, 37, 1)),  # zero-padded to 40
+        (VertexUNet(4, (1, 2, 2), 1), (1, 1889, 1)),  # zero-padded to 1892
+    ],
+)
+def test_output_shape_equals_input_shape(module, shape):
+    x, t = jnp.ones(shape), jnp.ones(shape[:1])
+    out = jax.eval_shape(lambda x, t: module.init_with_output(jax.random.key(0), x, t)[0], x, t)
+    assert out.shape == shape
+
+
+@pytest.mark.parametrize("module, shape", [(SMALL_UNET, (2, 8, 8, 1)), (SMALL_VERTEX, (2, 37, 1))])
+def test_zero_output_at_init_and_time_dependence(module, shape):
+    params = _init(module, shape)
+    x = jnp.broadcast_to(jax.random.uniform(jax.random.key(1), shape[1:]), shape)  # same x, two times
+    apply = jax.jit(module.apply)
+    out = apply({"params": params}, x, T)
+    assert out.shape == shape
+    np.testing.assert_array_equal(out, 0.0)
+    out = apply({"params": _with_ones_output_kernel(params)}, x, T)
+    assert np.all(np.isfinite(out))
+    assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
+
+
+def test_parameter_counts_are_pinned():
+    assert _num_params(UNet(8, (1, 2), 1, attn_resolutions=(4,)), (1, 8, 8, 1)) == 44_969
+    assert _num_params(UNet(32, (1, 2, 2), 1, attn_resolutions=(8,)), (1, 32, 32, 3)) == 1_113_955
+    assert _num_params(VertexUNet(8, (1, 2, 2), 1, attn_levels=(2,)), (1, 37, 1)) == 33_305
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_resblock_parameter_count_closed_form(nd):
+    cin, cout, emb = 8, 16, 32
+    k = 3**nd
+    expected = (
+        2 * cin + (k * cin * cout + cout)  # GroupNorm, conv 1
+        + (emb * cout + cout)  # time projection
+        + 2 * cout + (k * cout * cout + cout)  # GroupNorm, conv 2
+        + (cin * cout + cout)  # 1x1 skip conv
+    )
+    count = _num_params(ResBlock(cout), (1,) + (4,) * nd + (cin,), jnp.ones((1, emb)))
+    assert count == expected
+
+
+def test_group_count():
+    assert [group_count(c, 32) for c in (1, 4, 8, 40, 48, 128, 192)] == [1, 1, 2, 10, 12, 32, 32]
+    assert group_count(128, 8) == 8
+
+
+def test_dropout_only_in_training():
+    shape = (2, 8, 1)
+    base, dropped = VertexUNet(4, (1,), 1), VertexUNet(4, (1,), 1, dropout=0.5)
+    x = jax.random.uniform(jax.random.key(1), shape)
+    shapes = jax.eval_shape(base.init, jax.random.key(0), x, T)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
+    out = base.apply({"params": params}, x, T)
+    np.testing.assert_array_equal(dropped.apply({"params": params}, x, T), out)
+    out_train = dropped.apply({"params": params}, x, T, train=True, rngs={"dropout": jax.random.key(2)})
+    assert float(jnp.max(jnp.abs(out_train - out))) > 1e-3
+
+
+def test_bad_inputs_raise():
+    t = jnp.ones((1,))
+    with pytest.raises(ValueError, match=r"too small for 4 levels"):
+        jax.eval_shape(UNet(4, (1, 2, 2, 2), 1).init, jax.random.key(0), jnp.ones((1, 4, 4, 1)), t)
+    with pytest.raises(ValueError, match=r"UNet expects images \(B,H,W,C\)"):
+        jax.eval_shape(UNet(4, (1, 2), 1).init, jax.random.key(0), jnp.ones((1, 8, 1)), t)
+    with pytest.raises(ValueError, match=r"attn_levels \[3\] out of range for 2 levels"):
+        jax.eval_shape(VertexUNet(4, (1, 2), 1, attn_levels=(3,)).init, jax.random.key(0), jnp.ones((1, 8, 1)), t)
+
+
+def test_make_score_net():
+    cfg = ml_collections.ConfigDict(
+        {"name": "unet", "base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [8]}
+    )
+    net = make_score_net(cfg, (32, 32, 3))
+    assert net == UNet(32, (1, 2, 2), 1, attn_resolutions=(8,))
+    vertex = make_score_net(ml_collections.ConfigDict({"name": "vertex_unet", "base_channels": 16}), (1889, 1))
+    assert vertex == VertexUNet(base_channels=16)
+    mlp = make_score_net(ml_collections.ConfigDict({"name": "mlp", "width": 64, "num_blocks": 2}), (64,))
+    assert mlp == ResidualMLP(width=64, num_blocks=2)
+    with pytest.raises(ValueError, match=r"unknown score network 'resnet'; known: mlp, unet, vertex_unet"):
+        make_score_net(ml_collections.ConfigDict({"name": "resnet"}), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"unet needs a signal of rank 3, got shape \(1889, 1\)"):
+        make_score_net(cfg, (1889, 1))
