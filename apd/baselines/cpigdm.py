@@ -32,8 +32,8 @@ M = A^+ (A^+)^T = V diag(1/s_j^2) V^T:
   and the default sampler ignores s_y, as the official noiseless sampler does. The official
   NoisyConjugatePGDMSampler differs: its correction c3 is not a first-order expansion (METHODS 5.7), uses
   half the true std (sigma_y undoubled in [-1,1] units), and vanishes identically at its defaults w = 1,
-  lambda = 0 (c3 ~ exp((1-w) B/2) - 1), where it equals the noiseless sampler. The first-order expansion
-  is accurate while w s_y^2 / s_j^2 is small; it is not meant for tiny singular values.
+  lambda = 0 (c3 ~ exp((1-w) B/2) - 1), where it equals the noiseless sampler. Nor is the first-order
+  variant meant for tiny singular values: the factor exp(kappa_j ...) then explodes.
 
 Initialisation x = alpha_{t_0} A^+ y + sigma_{t_0} z with z = normal(key_i, S), the only randomness: the
 sampler is a deterministic ODE solve from there. Output: x at t_N (official), or with denoise=True the
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
-from apd.baselines.common import has_feature, map_measurements, require, tweedie
+from apd.baselines.common import map_measurements, require, tweedie
 from apd.sde import VPSDE
 
 
@@ -213,14 +213,17 @@ def _solve_one(prior, operator, y, key, settings: Settings, noise_var: float):
             g, gm = pull(ops.project(r))[0], None
         x_par, eps_par, g_par = ops.project(x), ops.project(eps_hat), ops.project(g)
         new_perp = k["perp_x"] * (x - x_par) + k["perp_eps"] * (eps_hat - eps_par) + k["perp_g"] * (g - g_par)
-        if noisy:
-            x_par = ops.m_drift(x, k["par_dl"])
-            gm_par = ops.project(gm)
-            new_perp = new_perp + k["perp_gm"] * (gm - gm_par)
-        new_par = k["par_x"] * x_par + k["par_eps"] * eps_par + k["par_y"] * a + k["par_g"] * g_par
-        if noisy:
-            new_par = new_par + ops.m_apply(k["par_eps_m"] * eps_hat + k["par_y_m"] * a + k["par_g_m"] * g)
-            new_par = new_par + k["par_gm"] * gm_par
+        new_par = k["par_eps"] * eps_par + k["par_y"] * a + k["par_g"] * g_par
+        if not noisy:
+            return new_perp + new_par + k["par_x"] * x_par, None
+        gm_par = ops.project(gm)
+        new_perp = new_perp + k["perp_gm"] * (gm - gm_par)
+        new_par = (
+            new_par
+            + k["par_x"] * ops.m_drift(x, k["par_dl"])
+            + k["par_gm"] * gm_par
+            + ops.m_apply(k["par_eps_m"] * eps_hat + k["par_y_m"] * a + k["par_g_m"] * g)
+        )
         return new_perp + new_par, None
 
     per_step = {name: jnp.asarray(getattr(c, name), jnp.float32) for name in Coefficients._fields if name != "times"}
