@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits_denoise.py")
@@ -65,6 +65,7 @@ def posterior_summary(config, workdir, sampler, dataset, num_measurements=8, num
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     from apd.training.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed()

@@ -54,3 +54,19 @@ def realnvp(**overrides) -> ConfigDict:
     values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0)
     values.update(overrides)
     return ConfigDict(values)
+
+
+def conv_flow(**overrides) -> ConfigDict:
+    """Convolutional conditional flow for images: squeeze levels of channel couplings with conv conditioners."""
+    values = dict(name="conv", num_levels=3, couplings_per_level=4, channels=64, scale_bound=2.0)
+    values.update(overrides)
+    return ConfigDict(values)
+
+
+def flow_model(variant: str, realnvp_sizes: dict, conv_sizes: dict) -> ConfigDict:
+    """The flow section for a config-file argument: '' or 'realnvp' (the paper's), or 'conv'."""
+    if variant in ("", "realnvp"):
+        return realnvp(**realnvp_sizes)
+    if variant == "conv":
+        return conv_flow(**conv_sizes)
+    raise ValueError(f"unknown flow variant {variant!r}; use configs/<task>.py:realnvp or configs/<task>.py:conv")

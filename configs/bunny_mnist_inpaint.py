@@ -1,0 +1,17 @@
+"""Bunny-MNIST inpainting: 30% of the 1,889 vertices hidden (one fixed mask), s = 0.1. CPU: ~40 min in all.
+
+    python train.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint
+    python evaluate.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint --baselines dps,mcg
+"""
+from ml_collections import ConfigDict
+
+from configs import bunny_mnist, defaults
+
+
+def get_config() -> ConfigDict:
+    config = bunny_mnist.get_config()
+    config.operator = ConfigDict(dict(name="inpaint", noise_std=0.1, hidden_fraction=0.3, mask_seed=0))
+    config.flow = ConfigDict()
+    config.flow.model = defaults.realnvp(num_couplings=8, width=512)
+    config.flow.training = defaults.flow_training(num_steps=5_000, batch_size=32, num_z=2, lr=3e-4, eval_every=500, ckpt_every=500)
+    return config

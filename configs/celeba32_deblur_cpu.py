@@ -1,0 +1,10 @@
+"""CPU twin of configs/celeba32_deblur.py: small prior and flow (a smoke run of the whole pipeline on CPU).
+
+    python train.py --config configs/celeba32_deblur_cpu.py --workdir runs/celeba32_deblur_cpu
+"""
+from configs.celeba32_deblur import OPERATOR
+from configs.celeba32_denoise import cpu_size
+
+
+def get_config(flow: str = ""):
+    return cpu_size(OPERATOR, flow)
