@@ -76,6 +76,18 @@ class GaussianPrior:
         x = self.mean + (z * jnp.sqrt(self.eigvals)) @ self.eigvecs.T
         return x.reshape((n,) + self.signal_shape)
 
+    def posterior(self, matrix, y, noise_std: float) -> "GaussianPrior":
+        """The exact posterior p(x | y) for y = matrix @ x + N(0, noise_std^2 I), as a GaussianPrior (float64 algebra).
+
+        matrix: (m, d); y: (m,). Sigma = (C^-1 + A^T A / s^2)^-1, mu = Sigma (C^-1 m + A^T y / s^2).
+        """
+        a = np.asarray(matrix, np.float64)
+        lam, vecs = np.asarray(self.eigvals, np.float64), np.asarray(self.eigvecs, np.float64)
+        prec = (vecs / lam) @ vecs.T
+        cov = np.linalg.inv(prec + a.T @ a / noise_std**2)
+        mean = cov @ (prec @ np.asarray(self.mean, np.float64) + a.T @ np.asarray(y, np.float64).ravel() / noise_std**2)
+        return GaussianPrior.create(mean, cov, self.signal_shape, self.sde)
+
 
 @struct.dataclass
 class GaussianMixturePrior:
