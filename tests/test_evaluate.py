@@ -166,3 +166,26 @@ def test_command_line_reports_missing_prior(tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == f"error: no trained prior in {tmp_path}/prior: run " \
         f"`python train.py --config <config> --workdir {tmp_path}` first"
+
+
+def _ffhq_or_skip():
+    try:
+        return load_dataset(ml_collections.ConfigDict({"name": "ffhq32"}))
+    except FileNotFoundError:
+        pytest.skip("ffhq_32x32_sample.npz is not available")
+
+
+def test_ood_measurements_use_their_own_key():
+    ffhq = _ffhq_or_skip()
+    config = ml_collections.ConfigDict({"seed": 3, "operator": {"name": "denoise", "noise_std": 0.1}})
+    mset = measurement_set(config, ffhq, "test", 2, name="ood_ffhq32")
+    assert mset.name == "ood_ffhq32" and mset.x.shape == (2, 32, 32, 3)
+    noise_key = jax.random.split(jax.random.fold_in(split_key(3, "ood_ffhq32"), 1))[1]
+    expected = ffhq.test[1] + 0.1 * jax.random.normal(noise_key, (32, 32, 3))
+    np.testing.assert_allclose(mset.y[1], expected, atol=1e-6)
+
+
+def test_ood_set_must_match_the_signal_shape(workdir):
+    _ffhq_or_skip()
+    with pytest.raises(ValueError, match=r"ffhq32 signals are \(32, 32, 3\), the task's are \(8, 8, 1\)"):
+        run_evaluation(_config(), workdir, [], ood="ffhq32", log=lambda m: None)

@@ -180,7 +180,7 @@ def versions() -> dict[str, str]:
         "jax": jax.__version__,
         "flax": flax.__version__,
         "numpy": np.__version__,
-        "device": f"{device.platform} {device.device_kind} x{jax.device_count()}",
+        "device": f"{device.device_kind} x{jax.device_count()}",
     }
 
 

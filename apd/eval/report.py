@@ -86,7 +86,7 @@ def format_markdown(results: dict) -> str:
     if results.get("command"):
         lines += [f"`{results['command']}`", ""]
     lines += [
-        f"workdir `{results['workdir']}`; data {config['data']['name']}; operator {config.get('operator')}; "
+        f"workdir `{results['workdir']}`; data {config['data']['name']} ({settings['split']} split); operator {config.get('operator')}; "
         f"APD samples K = {settings['num_samples']}; baseline samples per measurement "
         f"{settings['baseline_samples']}; device {results['versions']['device']}.",
         "",
