@@ -35,6 +35,7 @@ def flow_training(**overrides) -> ConfigDict:
         num_steps=10_000,
         lr=5e-4,
         warmup_steps=500,
+        cosine_decay=True,
         grad_clip=1.0,
         ema_decay=0.999,
         anneal_steps=0,  # 0: data weight 1 from the start; else a linear ramp that reaches 1 at this step

@@ -36,6 +36,13 @@ def test_warmup_schedule_values():
     assert float(learning_rate_schedule(_opt_cfg(warmup_steps=0))(0)) == pytest.approx(1e-2)
 
 
+def test_cosine_decay_after_warmup():
+    cfg = _opt_cfg()
+    cfg.num_steps, cfg.cosine_decay = 110, True
+    schedule = learning_rate_schedule(cfg)
+    assert [float(schedule(s)) for s in (0, 5, 10, 60, 110, 500)] == pytest.approx([0.0, 5e-3, 1e-2, 5e-3, 0.0, 0.0], abs=1e-9)
+
+
 def test_optimizer_steps_follow_schedule():
     # A constant gradient makes every Adam direction exactly 1 (up to eps), so the parameter moves by -lr(k).
     cfg = _opt_cfg()

@@ -11,13 +11,18 @@ import optax
 
 
 def learning_rate_schedule(cfg) -> optax.Schedule:
-    """lr(step): linear from 0 at step 0 to cfg.lr at cfg.warmup_steps, then constant."""
+    """lr(step): linear from 0 at step 0 to cfg.lr at cfg.warmup_steps, then constant, or with
+    cfg.cosine_decay (optional, default False) a cosine decay to 0 at cfg.num_steps."""
     if cfg.warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if cfg.get("cosine_decay", False):
+        after = optax.cosine_decay_schedule(cfg.lr, max(cfg.num_steps - cfg.warmup_steps, 1))
+    else:
+        after = optax.constant_schedule(cfg.lr)
     if cfg.warmup_steps == 0:
-        return optax.constant_schedule(cfg.lr)
+        return after
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-    return optax.join_schedules([warmup, optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+    return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
