@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from apd import flows
@@ -111,6 +111,7 @@ def data_weight(step, num_steps: int, anneal: bool = True) -> jax.Array:
 
 
 def make_flow(signal_shape, settings: Settings) -> ConditionalRealNVP:
+    """The RealNVP of `settings` on signals of signal_shape."""
     return ConditionalRealNVP(
         signal_shape=tuple(signal_shape),
         num_couplings=settings.num_couplings,
@@ -156,14 +157,15 @@ def solve(prior, operator, y, key, *, num_samples: int | None = None, **settings
 
 
 def _structure(s: Settings) -> Settings:
-    """The settings that fix the compiled program (lr is traced); warm-up resolved."""
+    """The static half of the settings, warm-up resolved; lr is traced, so it is set to a placeholder 1.0 here
+    and every lr shares one compiled program."""
     return dataclasses.replace(s, lr=1.0, warmup_steps=s.warmup)
 
 
 @functools.partial(jax.jit, static_argnames=("flow", "settings"))
 def _fit(prior, operator, y, key, lr, flow, settings):
     tx = make_optimizer(
-        types.SimpleNamespace(lr=lr, warmup_steps=settings.warmup_steps, grad_clip=settings.grad_clip)
+        ml_collections.ConfigDict(dict(lr=lr, warmup_steps=settings.warmup_steps, grad_clip=settings.grad_clip))
     )
     steps = jnp.arange(settings.num_steps)
 
