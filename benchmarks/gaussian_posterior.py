@@ -43,7 +43,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--noise_std", type=float, default=0.1)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num_z", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -56,7 +56,7 @@ def main():
     op = Inpaint(jnp.asarray(mask), args.noise_std)
     ops = broadcast_operator(op, args.batch)
     flow = ConditionalRealNVP((args.dim, 1), num_couplings=8, width=256, depth=2)
-    tx = make_optimizer(ConfigDict(dict(lr=args.lr, warmup_steps=200, grad_clip=1.0)))
+    tx = make_optimizer(ConfigDict(dict(lr=args.lr, warmup_steps=200, grad_clip=1.0, cosine_decay=True, num_steps=args.steps)))
     params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, args.dim, 1)), jnp.zeros((1, args.dim, 1)))["params"]
     state = init_train_state(params, tx, jax.random.PRNGKey(1))
 
