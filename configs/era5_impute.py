@@ -12,8 +12,8 @@ def get_config() -> ConfigDict:
     config = era5_sphere.get_config()
     config.operator = ConfigDict(dict(name="impute", noise_std=0.05, hidden_fraction=0.6, mask_seed=0))
     config.flow = ConfigDict()
-    config.flow.model = defaults.realnvp(num_couplings=8, width=512)
+    config.flow.model = defaults.realnvp(num_couplings=8, width=256)
     config.flow.training = defaults.flow_training(
-        num_steps=3_000, batch_size=16, num_z=4, lr=3e-4, eval_every=500, eval_num_measurements=3, ckpt_every=500
+        num_steps=2_000, batch_size=16, num_z=2, lr=3e-4, eval_every=500, eval_num_measurements=3, ckpt_every=500
     )
     return config

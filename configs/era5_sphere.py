@@ -18,6 +18,6 @@ def get_config() -> ConfigDict:
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(dict(name="mlp", width=1024, num_blocks=4))
     config.prior.training = defaults.prior_training(
-        num_steps=10_000, batch_size=32, lr=3e-4, warmup_steps=500, ema_decay=0.999, ckpt_every=1_000, num_samples=6, sample_steps=500
+        num_steps=4_000, batch_size=32, lr=3e-4, warmup_steps=500, ema_decay=0.999, ckpt_every=1_000, num_samples=6, sample_steps=500
     )
     return config
