@@ -91,6 +91,20 @@ def test_rows_metrics_and_messages(evaluation):
     assert rows["noise2score", 1]["psnr"] > float(jnp.mean(psnr(jnp.asarray(signals["y"]), truth)))
 
 
+def test_generalization_gap_on_training_measurements(evaluation, workdir):
+    results, _ = evaluation
+    gap = results["generalization_gap"]
+    config = _config()
+    dataset = load_dataset(config.data)
+    mset = measurement_set(config, dataset, "train", N)
+    samples = load_sampler(workdir).sample(mset.y, K, split_key(config.seed, "eval/apd"))
+    train_psnr = float(jnp.mean(psnr(jnp.clip(jnp.mean(samples, 1), 0, 1), mset.x)))
+    assert gap[f"x{K}"]["train_psnr"] == pytest.approx(train_psnr, rel=1e-5)
+    held_out = results["sets"]["test"]["rows"][1]["psnr"]
+    assert gap[f"x{K}"]["gap_db"] == pytest.approx(train_psnr - held_out, rel=1e-5)
+    assert "Generalization gap of APD" in format_markdown(results)
+
+
 def test_apd_reproduces_from_recorded_keys(evaluation, workdir):
     results, _ = evaluation
     config = _config()

@@ -21,6 +21,8 @@ jax.block_until_ready: time_s per measurement for the row's estimate, all measur
 time_128_s for 128 samples of one measurement (APD: measured; baselines: 128 times their time per sample,
 their samples being independent runs).
 Keys: the method <name> draws with split_key(seed, 'eval/<name>').
+Generalization gap: APD is also run on the first N training signals with the very measurements it was
+trained on (split_key(seed, 'train'), as in training); the gap is PSNR(train) - PSNR(held-out), in dB.
 """
 from __future__ import annotations
 
@@ -196,6 +198,24 @@ def _baseline_settings(config, name: str) -> dict:
     return settings.to_dict() if isinstance(settings, ml_collections.ConfigDict) else dict(settings)
 
 
+def generalization_gap(config, dataset, sampler, held_out_rows, num, num_samples, keys) -> dict | None:
+    """{'train_psnr', 'held_out_psnr', 'gap_db'} for APD's x1 and xK rows; None without a sampler."""
+    if sampler is None or len(dataset.train) == 0:
+        return None
+    train_set = measurement_set(config, dataset, "train", num)
+    run = run_apd(sampler, train_set, num_samples, keys[APD])
+    train_rows, _ = method_rows(run, train_set.x, False, False)
+    gap = {}
+    for train_row, held_row in zip(train_rows, [r for r in held_out_rows if r["method"] == APD]):
+        label = f"x{train_row['samples']}"
+        gap[label] = {
+            "train_psnr": train_row["psnr"],
+            "held_out_psnr": held_row["psnr"],
+            "gap_db": train_row["psnr"] - held_row["psnr"],
+        }
+    return gap
+
+
 def run_evaluation(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -306,8 +326,10 @@ def run_evaluation(
             "signals": signals,
         }
 
+    gap = generalization_gap(config, dataset, sampler, results_sets[sets[0].name]["rows"], num_measurements, num_samples, keys)
     return {
         "workdir": workdir,
+        "generalization_gap": gap,
         "settings": {
             "split": split,
             "num_measurements": num_measurements,

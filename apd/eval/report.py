@@ -94,6 +94,11 @@ def format_markdown(results: dict) -> str:
     for name, entry in results["sets"].items():
         lines += [f"## {name}: {entry['num_measurements']} measurements of {entry['dataset'].name}", ""]
         lines += [markdown_table(entry["rows"]) if entry["rows"] else "(no method ran)", ""]
+    if results.get("generalization_gap"):
+        lines += ["Generalization gap of APD (PSNR on the first training measurements, which the flow was trained on, "
+                  "minus PSNR on the held-out ones above):", ""]
+        lines += [f"- {label}: train {g['train_psnr']:.2f} dB, held-out {g['held_out_psnr']:.2f} dB, gap {g['gap_db']:+.2f} dB"
+                  for label, g in results["generalization_gap"].items()] + [""]
     if results["notes"]:
         lines += ["Notes:", ""] + [f"- {note}" for note in results["notes"]] + [""]
     lines += [LEGEND, ""]
