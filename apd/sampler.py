@@ -35,7 +35,7 @@ class Sampler:
 
     def __post_init__(self):
         self._reference_op = self.family.draw(jax.random.PRNGKey(0))
-        self._needs_operator = bool(getattr(self._reference_op, "show_mask", False))
+        self.needs_operator = bool(getattr(self._reference_op, "show_mask", False))
         self._draw = jax.jit(self._draw_samples, static_argnums=(3,))
 
     @property
@@ -68,7 +68,7 @@ class Sampler:
         (leading axis N, e.g. from OperatorFamily.draw_batch) when each measurement has its own mask.
         """
         if operator is None:
-            if self._needs_operator:
+            if self.needs_operator:
                 raise ValueError(
                     "this task draws a mask per measurement and the flow is told it: pass operator= "
                     "(the Inpaint operator of each measurement)"

@@ -109,7 +109,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def run_apd(sampler: Sampler, mset: MeasurementSet, num_samples: int, key: jax.Array) -> MethodRun:
     """K = num_samples flow samples per measurement, with the timings of 1, K and (one measurement) 128."""
-    operator = mset.ops if sampler._needs_operator else None
+    operator = mset.ops if sampler.needs_operator else None
     one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
     n = mset.x.shape[0]
     samples, seconds_k = _timed(lambda: sampler.sample(mset.y, num_samples, key, operator=operator))
