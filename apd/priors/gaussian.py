@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from apd.sde import VPSDE, _expand
+from apd.sde import VPSDE
 
 
 def _eigh(cov: np.ndarray) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from apd import flows
 from apd.eval.metrics import psnr
@@ -27,8 +26,8 @@ from apd.objective import apd_loss, apd_terms, data_weight_schedule
 from apd.operators import OperatorFamily, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, load_config, save_config
-from apd.training.metrics_log import MetricsWriter
-from apd.training.optim import apply_gradients, init_train_state, learning_rate_schedule, make_optimizer
+from apd.training.loop import batch_indices, has_checkpoint, run_steps
+from apd.training.optim import apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 
@@ -94,14 +93,6 @@ def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, meas
     return evaluate
 
 
-def _indices(n: int, seed: int, step: int, batch_size: int) -> np.ndarray:
-    """This process's training indices for `step` (with replacement; the same on resume)."""
-    idx = np.random.default_rng([seed, 1, step]).integers(0, n, size=batch_size)
-    per_process = batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    return idx[start : start + per_process]
-
-
 def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, dataset) -> tuple[nn.Module, dict]:
     """Train (or resume, or load) the APD flow of `config` in workdir/flow; returns (flow module, EMA params).
 
@@ -140,46 +131,25 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
     eval_idx = jnp.arange(eval_n)
 
     train = np.asarray(dataset.train, np.float32)
-    schedule = learning_rate_schedule(tcfg)
-    writer = MetricsWriter(flow_dir(workdir)) if is_main else None
     prior = jax.device_put(prior, replicated(mesh))
-    start = int(state["step"])
-    window = []
-    with tqdm(total=tcfg.num_steps, initial=start, desc="flow", disable=not is_main) as bar:
-        for step in range(start, tcfg.num_steps):
-            idx = _indices(train.shape[0], config.seed, step, tcfg.batch_size)
-            x, index = shard_batch(mesh, (train[idx], idx.astype(np.int32)))
-            state, metrics = step_fn(state, prior, x, index)
-            window.append(metrics)
-            done = step + 1
-            if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
-                logged["lr"] = float(schedule(step))
-                window = []
-                if eval_n and (done % tcfg.eval_every == 0 or done == tcfg.num_steps):
-                    one, mean = eval_fn(state["ema_params"], eval_x, eval_idx, jax.random.PRNGKey(done))
-                    logged["val_psnr_1"] = float(jnp.mean(one))
-                    logged[f"val_psnr_mean{int(tcfg.eval_num_samples)}"] = float(jnp.mean(mean))
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k in ("loss", "val_psnr_1")})
-                if writer is not None:
-                    writer.write(done, logged)
-            if done % tcfg.ckpt_every == 0 or done == tcfg.num_steps:
-                checkpointer.save(done, state)
-            bar.update(1)
-    checkpointer.close()
-    if writer is not None:
-        writer.close()
+
+    def batch(step):
+        idx = batch_indices(train.shape[0], config.seed, 1, step, tcfg.batch_size)
+        return (prior, *shard_batch(mesh, (train[idx], idx.astype(np.int32))))
+
+    def validation(done, state):
+        if not eval_n or (done % tcfg.eval_every and done != tcfg.num_steps):
+            return {}
+        one, mean = eval_fn(state["ema_params"], eval_x, eval_idx, jax.random.PRNGKey(done))
+        return {"val_psnr_1": float(jnp.mean(one)), f"val_psnr_mean{int(tcfg.eval_num_samples)}": float(jnp.mean(mean))}
+
+    state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
     return flow, state["ema_params"]
 
 
 def flow_exists(workdir: str) -> bool:
     """Whether workdir/flow holds a config and at least one checkpoint."""
-    if not os.path.exists(os.path.join(flow_dir(workdir), "config.json")):
-        return False
-    checkpointer = Checkpointer(_checkpoint_dir(workdir), 1)
-    latest = checkpointer.latest_step()
-    checkpointer.close()
-    return latest is not None
+    return has_checkpoint(flow_dir(workdir), _checkpoint_dir(workdir))
 
 
 def load_flow(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from apd.data import load_dataset
 from apd.eval.figures import save_dataset_figure
@@ -29,8 +28,8 @@ from apd.nets import make_score_net
 from apd.priors import ScoreNetPrior
 from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
-from apd.training.metrics_log import MetricsWriter
-from apd.training.optim import apply_gradients, init_train_state, learning_rate_schedule, make_optimizer
+from apd.training.loop import batch_indices, has_checkpoint, run_steps
+from apd.training.optim import apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t (B,*S), t (B,)) -> eps_hat (B,*S)
@@ -96,14 +95,6 @@ def make_train_step(module: nn.Module, sde: VPSDE, tx: optax.GradientTransformat
     return step
 
 
-def _batch(train: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarray:
-    """This process's rows of the global batch for `step` (drawn with replacement; the same on resume)."""
-    idx = np.random.default_rng([seed, step]).integers(0, train.shape[0], size=batch_size)
-    per_process = batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    return train[idx[start : start + per_process]]
-
-
 def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> ScoreNetPrior:
     """Train (or resume, or just load) the score-network prior of `config` in workdir/prior.
 
@@ -144,29 +135,11 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
     )
 
     train = np.asarray(dataset.train, np.float32)
-    schedule = learning_rate_schedule(tcfg)
-    writer = MetricsWriter(prior_dir(workdir)) if is_main else None
-    start = int(state["step"])
-    window = []
-    with tqdm(total=tcfg.num_steps, initial=start, desc="prior", disable=not is_main) as bar:
-        for step in range(start, tcfg.num_steps):
-            batch = shard_batch(mesh, _batch(train, config.seed, step, tcfg.batch_size))
-            state, metrics = step_fn(state, batch)
-            window.append(metrics)
-            done = step + 1
-            if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
-                logged["lr"] = float(schedule(step))
-                window = []
-                bar.set_postfix(loss=f"{logged['loss']:.4f}")
-                if writer is not None:
-                    writer.write(done, logged)
-            if done % tcfg.ckpt_every == 0 or done == tcfg.num_steps:
-                checkpointer.save(done, state)
-            bar.update(1)
-    checkpointer.close()
-    if writer is not None:
-        writer.close()
+
+    def batch(step):
+        return (shard_batch(mesh, train[batch_indices(train.shape[0], config.seed, 0, step, tcfg.batch_size)]),)
+
+    state = run_steps(state, step_fn, batch, tcfg, checkpointer, prior_dir(workdir), "prior")
 
     prior = ScoreNetPrior(state["ema_params"], module, sde, signal_shape)
     sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
@@ -179,13 +152,7 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
 
 def prior_exists(workdir: str) -> bool:
     """Whether workdir/prior holds a config and at least one checkpoint."""
-    has_config = os.path.exists(os.path.join(prior_dir(workdir), "config.json"))
-    if not (has_config and os.path.isdir(_checkpoint_dir(workdir))):
-        return False
-    checkpointer = Checkpointer(_checkpoint_dir(workdir), 1)
-    latest = checkpointer.latest_step()
-    checkpointer.close()
-    return latest is not None
+    return has_checkpoint(prior_dir(workdir), _checkpoint_dir(workdir))
 
 
 def load_prior(workdir: str) -> ScoreNetPrior:

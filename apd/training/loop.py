@@ -1,0 +1,78 @@
+"""The step loop shared by prior and flow training: batches, averaged metrics, checkpoints, progress bar."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from apd.training.checkpoint import CONFIG_FILE, Checkpointer
+from apd.training.metrics_log import MetricsWriter
+from apd.training.optim import learning_rate_schedule
+
+
+def batch_indices(n: int, seed: int, stream: int, step: int, batch_size: int) -> np.ndarray:
+    """This process's rows of the global batch of `step`, drawn with replacement from n; the same on resume.
+
+    stream separates the draws of different loops run with one seed.
+    """
+    idx = np.random.default_rng([seed, stream, step]).integers(0, n, size=batch_size)
+    per_process = batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    return idx[start : start + per_process]
+
+
+def run_steps(
+    state: dict,
+    step_fn: Callable[..., tuple[dict, dict]],
+    batch_fn: Callable[[int], tuple],
+    training_cfg,
+    checkpointer: Checkpointer,
+    logdir: str,
+    desc: str,
+    extra_metrics: Callable[[int, dict], dict] | None = None,
+) -> dict:
+    """Run step_fn(state, *batch_fn(step)) from state["step"] to training_cfg.num_steps.
+
+    Every log_every steps the metrics are averaged over the window, the learning rate and
+    extra_metrics(done, state) (e.g. validation PSNR) added, and written to logdir (JSONL and TensorBoard, main
+    process only); every ckpt_every steps and at the end the state is checkpointed. Returns the final state.
+    """
+    is_main = jax.process_index() == 0
+    schedule = learning_rate_schedule(training_cfg)
+    writer = MetricsWriter(logdir) if is_main else None
+    window: list[dict] = []
+    start, total = int(state["step"]), int(training_cfg.num_steps)
+    with tqdm(total=total, initial=start, desc=desc, disable=not is_main) as bar:
+        for step in range(start, total):
+            state, metrics = step_fn(state, *batch_fn(step))
+            window.append(metrics)
+            done = step + 1
+            if done % training_cfg.log_every == 0 or done == total:
+                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+                logged["lr"] = float(schedule(step))
+                window = []
+                if extra_metrics is not None:
+                    logged.update(extra_metrics(done, state))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k == "loss" or k.startswith("val_")})
+                if writer is not None:
+                    writer.write(done, logged)
+            if done % training_cfg.ckpt_every == 0 or done == total:
+                checkpointer.save(done, state)
+            bar.update(1)
+    checkpointer.close()
+    if writer is not None:
+        writer.close()
+    return state
+
+
+def has_checkpoint(run_dir: str, checkpoint_dir: str) -> bool:
+    """Whether run_dir holds a saved config and checkpoint_dir at least one checkpoint."""
+    if not (os.path.exists(os.path.join(run_dir, CONFIG_FILE)) and os.path.isdir(checkpoint_dir)):
+        return False
+    checkpointer = Checkpointer(checkpoint_dir, 1)
+    latest = checkpointer.latest_step()
+    checkpointer.close()
+    return latest is not None
