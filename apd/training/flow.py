@@ -81,14 +81,15 @@ def make_train_step(flow: nn.Module, prior: Prior, family: OperatorFamily, tx, t
 
 
 def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key):
-    """eval(params, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples (B,))."""
+    """eval(params, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples (B,)),
+    each estimate clipped to [0, 1] as in the evaluation protocol."""
 
     def evaluate(params, x, index, key):
         ops, y = measure(family, measurement_key, x, index)
         cond = jax.vmap(lambda op, yy: op.condition(yy))(ops, y)
         cond_k = jnp.repeat(cond, num_samples, axis=0)
         samples = flows.sample(flow, params, key, cond_k).reshape((x.shape[0], num_samples) + x.shape[1:])
-        return psnr(samples[:, 0], x), psnr(jnp.mean(samples, axis=1), x)
+        return psnr(jnp.clip(samples[:, 0], 0, 1), x), psnr(jnp.clip(jnp.mean(samples, axis=1), 0, 1), x)
 
     return evaluate
 
