@@ -13,5 +13,5 @@ def get_config() -> ConfigDict:
     config.operator = ConfigDict(dict(name="inpaint", noise_std=0.1, hidden_fraction=0.3, mask_seed=0))
     config.flow = ConfigDict()
     config.flow.model = defaults.realnvp(num_couplings=8, width=512)
-    config.flow.training = defaults.flow_training(num_steps=5_000, batch_size=32, num_z=2, lr=3e-4, eval_every=500, ckpt_every=500)
+    config.flow.training = defaults.flow_training(num_steps=3_000, batch_size=32, num_z=2, lr=5e-4, eval_every=500, ckpt_every=500)
     return config
