@@ -20,6 +20,6 @@ def get_config() -> ConfigDict:
         dict(name="mlp", width=1024, num_blocks=4)
     )
     config.prior.training = defaults.prior_training(
-        num_steps=12_000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999, ckpt_every=1_000, num_samples=8, sample_steps=500
+        num_steps=8_000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999, ckpt_every=1_000, num_samples=8, sample_steps=500
     )
     return config

@@ -6,6 +6,9 @@ MLP that also sees the flattened condition c (the measurement, plus the mask whe
 
     x_b = z_b * exp(s) + m,   (s, m) = MLP([z_a, c]),   s = scale_bound * tanh(raw / scale_bound)
 
+The shift also has a linear path from [z_a, c], so that a wide signal (the bunny's 1,889 vertices) can pass
+its measurement to the shift at full rank through an MLP narrower than the signal.
+
 followed by a fixed random permutation. A final per-entry affine map (zero-initialised log-scale) sets the
 overall location and spread. The conditioners' last layers are zero-initialised, so an untrained flow is
 the identity. Nothing depends on the batch: one sample never depends on the others drawn with it.
@@ -30,11 +33,12 @@ class CouplingMLP(nn.Module):
 
     @nn.compact
     def __call__(self, half: jax.Array, cond: jax.Array):
-        h = jnp.concatenate([half, cond], axis=-1)
+        h = h_in = jnp.concatenate([half, cond], axis=-1)
         for _ in range(self.depth):
             h = nn.gelu(nn.Dense(self.width)(h))
         out = nn.Dense(2 * self.out_dim, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(h)
         raw_scale, shift = jnp.split(out, 2, axis=-1)
+        shift = shift + nn.Dense(self.out_dim, use_bias=False, kernel_init=nn.initializers.zeros)(h_in)
         return self.scale_bound * jnp.tanh(raw_scale / self.scale_bound), shift
 
 
