@@ -14,4 +14,15 @@ def get_config() -> ConfigDict:
     config.flow = ConfigDict()
     config.flow.model = defaults.realnvp(num_couplings=8, width=512)
     config.flow.training = defaults.flow_training(num_steps=3_000, batch_size=32, num_z=2, lr=5e-4, eval_every=500, ckpt_every=500)
+    # Baseline settings for evaluate.py. Official [-1,1] step sizes halve in [0,1] units (METHODS 1.3): DPS
+    # inpainting zeta 0.5 -> 0.25, MCG alpha 1 -> 0.5, RED-diff lr 0.1 -> 0.05. The per-measurement flow is
+    # cut to a CPU budget (METHODS' 20k steps at batch 64 would take hours per measurement here).
+    config.baselines = ConfigDict(
+        dict(
+            dps=dict(zeta=0.25),
+            mcg=dict(alpha_step=0.5),
+            reddiff=dict(lr=0.05),
+            flow=dict(num_steps=400, batch_size=16, lr=1e-3, num_couplings=4, width=128),
+        )
+    )
     return config
