@@ -9,8 +9,9 @@ baselines.<name> section, which evaluate.py reads.
 from __future__ import annotations
 
 import argparse
-
 import importlib.util
+import os
+import sys
 
 import jax.numpy as jnp
 
