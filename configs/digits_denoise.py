@@ -2,7 +2,7 @@
 
     python train.py --config configs/digits_denoise.py --workdir runs/digits_denoise
     python evaluate.py --config configs/digits_denoise.py --workdir runs/digits_denoise \
-        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff,noise2score
+        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff,noise2score,flow
 """
 from ml_collections import ConfigDict
 
@@ -18,5 +18,13 @@ def get_config() -> ConfigDict:
     # Baseline settings for evaluate.py, each the best of a sweep on validation measurements
     # (benchmarks/tune_baseline.py): DPS zeta in {0.02, 0.05, 0.1, 0.25, 0.5}, RED-diff lam in {0.25, 1, 4, 16},
     # C-PiGDM w in {0.5, 1, 3}. MCG's gradient acts only in the null space of A, empty for denoising.
-    config.baselines = ConfigDict(dict(dps=dict(zeta=0.05), reddiff=dict(lam=4.0), cpigdm=dict(w=3.0)))
+    # The per-measurement flow is cut to a CPU budget (METHODS: 20k steps at batch 64, lr 1e-5).
+    config.baselines = ConfigDict(
+        dict(
+            dps=dict(zeta=0.05),
+            reddiff=dict(lam=4.0),
+            cpigdm=dict(w=3.0),
+            flow=dict(num_steps=1000, batch_size=32, lr=1e-3, num_couplings=4, width=128),
+        )
+    )
     return config
