@@ -14,6 +14,6 @@ def get_config() -> ConfigDict:
     config.flow = ConfigDict()
     config.flow.model = defaults.realnvp(num_couplings=8, width=256)
     config.flow.training = defaults.flow_training(
-        num_steps=2_000, batch_size=16, num_z=2, lr=3e-4, eval_every=500, eval_num_measurements=3, ckpt_every=500
+        num_steps=400, batch_size=16, num_z=2, lr=5e-4, warmup_steps=50, eval_every=200, eval_num_measurements=3, ckpt_every=200
     )
     return config
