@@ -54,13 +54,8 @@ class _Gaussian:
         return y
 
 
-@struct.dataclass
-class Denoise(_Gaussian):
-    """A = I."""
-
-    noise_std: float = struct.field(pytree_node=False)
-    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
-    linear = True
+class _FullMeasurement(_Gaussian):
+    """Operators whose y has the signal's shape, every entry measured."""
 
     @property
     def measurement_shape(self):
@@ -69,6 +64,15 @@ class Denoise(_Gaussian):
     @property
     def num_measured(self) -> int:
         return math.prod(self.signal_shape)
+
+
+@struct.dataclass
+class Denoise(_FullMeasurement):
+    """A = I."""
+
+    noise_std: float = struct.field(pytree_node=False)
+    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    linear = True
 
     def apply(self, x):
         return x
@@ -231,7 +235,7 @@ def _blur_factors(n: int, kernel_size: int, width: float, threshold: float):
 
 
 @struct.dataclass
-class GaussianBlur(_Gaussian):
+class GaussianBlur(_FullMeasurement):
     """Separable Gaussian blur per channel with zeros outside the image: A X = K_r X K_c^T, (H,W,C) -> (H,W,C).
 
     kernel_size: odd number of taps; width: Gaussian std in pixels. apply is the exact blur. The SVD comes
@@ -253,14 +257,6 @@ class GaussianBlur(_Gaussian):
             raise ValueError(f"GaussianBlur kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.width <= 0:
             raise ValueError(f"GaussianBlur width must be positive, got {self.width}")
-
-    @property
-    def measurement_shape(self):
-        return self.signal_shape
-
-    @property
-    def num_measured(self) -> int:
-        return math.prod(self.signal_shape)
 
     def _factors(self, axis: int, dtype):
         """(K, U, s, V) of the 1-D blur along image axis 0 (rows) or 1 (columns), as jnp arrays."""
@@ -308,21 +304,13 @@ class GaussianBlur(_Gaussian):
 
 
 @struct.dataclass
-class Saturate(_Gaussian):
+class Saturate(_FullMeasurement):
     """Saturating sensor y = tanh(gain * x) + n, elementwise; nonlinear (no adjoint, pinv or SVD)."""
 
     gain: float = struct.field(pytree_node=False)
     noise_std: float = struct.field(pytree_node=False)
     signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
     linear = False
-
-    @property
-    def measurement_shape(self):
-        return self.signal_shape
-
-    @property
-    def num_measured(self) -> int:
-        return math.prod(self.signal_shape)
 
     def apply(self, x):
         return jnp.tanh(self.gain * x)
