@@ -40,7 +40,7 @@ def flow_training(**overrides) -> ConfigDict:
         ema_decay=0.999,
         anneal_steps=0,  # 0: data weight 1 from the start; else a linear ramp that reaches 1 at this step
         log_every=100,
-        eval_every=1_000,
+        eval_every=1_000,  # validation runs on logging steps: a multiple of log_every
         eval_num_measurements=64,
         eval_num_samples=16,
         ckpt_every=1_000,

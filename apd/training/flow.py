@@ -49,7 +49,7 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
     return init_train_state(params, tx, state_key)
 
 
-def make_train_step(flow: nn.Module, prior: Prior, family: OperatorFamily, tx, training_cfg, measurement_key):
+def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
     """step(state, prior, x (B,*S), index (B,)) -> (state, metrics); pure and jit-able.
 
     The prior is an argument (its parameters are traced, not baked into the compiled step).
@@ -124,7 +124,7 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
 
     train_key = split_key(config.seed, "train")
     step_fn = jax.jit(
-        make_train_step(flow, prior, family, tx, tcfg, train_key), donate_argnums=0, out_shardings=(replicated(mesh), None)
+        make_train_step(flow, family, tx, tcfg, train_key), donate_argnums=0, out_shardings=(replicated(mesh), None)
     )
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
     eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
