@@ -7,7 +7,7 @@
 Every method sees the same prior (workdir/prior), operators and measurements (the first --num_measurements
 signals of --split). Baseline settings come from the config's optional section baselines.<name>, else the
 module defaults. Without a trained flow in the workdir only the baselines run. Writes results.md, .csv,
-.json, the signals and a figure per measurement set to workdir/eval (or --out); see apd/eval/protocol.py for
+.json, the signals and a figure per measurement set to workdir/eval (or --out); see apd/evaluation.py for
 the protocol and apd/eval/report.py for the files.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
-    from apd.eval.protocol import run_evaluation
+    from apd.evaluation import run_evaluation
     from apd.eval.report import markdown_table, write_outputs
 
     config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]

@@ -33,7 +33,7 @@ def main(argv):
     import jax
 
     from apd.data import load_dataset
-    from apd.eval.protocol import run_evaluation
+    from apd.evaluation import run_evaluation
     from apd.eval.report import format_markdown, write_outputs
     from apd.training.flow import train_flow
     from apd.training.prior import load_prior, prior_exists, train_prior

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from apd.data import load_dataset
 from apd.eval.metrics import psnr
-from apd.eval.protocol import measurement_set, run_baseline
+from apd.evaluation import measurement_set, run_baseline
 from apd.measurements import split_key
 from apd.training.prior import load_prior
 

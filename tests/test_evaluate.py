@@ -17,7 +17,7 @@ import pytest
 
 from apd.data import load_dataset
 from apd.eval.metrics import psnr, ssim
-from apd.eval.protocol import measurement_set, run_evaluation
+from apd.evaluation import measurement_set, run_evaluation
 from apd.eval.report import format_markdown, write_outputs
 from apd.measurements import split_key
 from apd.sampler import load_sampler

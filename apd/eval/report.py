@@ -1,4 +1,4 @@
-"""Writing out an evaluation (the results dict of `apd.eval.protocol.run_evaluation`).
+"""Writing out an evaluation (the results dict of `apd.evaluation.run_evaluation`).
 
 In the output folder: results.md (one method x metric table per measurement set, with notes), results.csv
 (one line per set and row), results.json (rows, config, settings, seeds, package versions, notes), and per

@@ -1,5 +1,7 @@
-"""The evaluation protocol: held-out measurements, APD and the baselines on one prior and one set of
-operators, metrics and timings, gathered in a results dict that `apd.eval.report` writes out.
+"""The evaluation protocol behind evaluate.py: held-out measurements, APD and the baselines on one prior and
+one set of operators, metrics and timings, gathered in a results dict that `apd.eval.report` writes out.
+It loads trained workdirs, so it sits above apd/training, beside apd/sampler.py; apd/eval holds the metrics,
+figures and report writers it uses.
 
 Measurements: the first N signals of a split ('test' by default, or 'val'; never 'train'), or of an
 out-of-distribution data set, measured as `measure(family, split_key(seed, name), x, arange(N))` with name
