@@ -26,7 +26,7 @@ from apd.flows import ConditionalRealNVP, normal_log_prob
 from apd.objective import apd_loss, apd_terms
 from apd.operators import Inpaint, broadcast_operator
 from apd.priors import GaussianPrior
-from apd.training.optim import apply_gradients, init_train_state, make_optimizer
+from apd.optim import apply_gradients, init_train_state, make_optimizer
 
 
 def make_problem(dim: int, seed: int = 0):

@@ -20,7 +20,7 @@ from apd.priors import GaussianPrior, eps_from_score
 from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.metrics_log import MetricsWriter, read_metrics
-from apd.training.optim import ema_update, learning_rate_schedule, make_optimizer
+from apd.optim import ema_update, learning_rate_schedule, make_optimizer
 from apd.training.prior import dsm_loss, load_prior, prior_exists, sample_times, train_prior
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +233,7 @@ import jax, jax.numpy as jnp, ml_collections, numpy as np
 from jax.sharding import Mesh
 from apd.nets import make_score_net
 from apd.sde import VPSDE
-from apd.training.optim import make_optimizer
+from apd.optim import make_optimizer
 from apd.training.prior import init_prior_state, make_train_step
 from apd.training.sharding import data_mesh, replicate, replicated, shard_batch
 

@@ -37,7 +37,7 @@ from apd import flows
 from apd.baselines import common
 from apd.flows import ConditionalRealNVP
 from apd.objective import apd_loss, apd_terms
-from apd.training.optim import make_optimizer
+from apd.optim import make_optimizer
 
 _OFFICIAL_STEPS = 20_000  # train_dpi.py: n_iter, anneal centre 12,000 and slope 0.002 refer to it
 
@@ -112,13 +112,8 @@ def data_weight(step, num_steps: int, anneal: bool = True) -> jax.Array:
 
 def make_flow(signal_shape, settings: Settings) -> ConditionalRealNVP:
     """The RealNVP of `settings` on signals of signal_shape."""
-    return ConditionalRealNVP(
-        signal_shape=tuple(signal_shape),
-        num_couplings=settings.num_couplings,
-        width=settings.width,
-        depth=settings.depth,
-        scale_bound=settings.scale_bound,
-    )
+    sizes = {k: getattr(settings, k) for k in ("num_couplings", "width", "depth", "scale_bound")}
+    return flows.make_flow(ml_collections.ConfigDict(dict(name="realnvp", **sizes)), signal_shape)
 
 
 def fit(prior, operator, y, key, **settings) -> FlowFit:

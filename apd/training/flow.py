@@ -27,7 +27,7 @@ from apd.operators import OperatorFamily, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
-from apd.training.optim import apply_gradients, init_train_state, make_optimizer
+from apd.optim import apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from apd.training.checkpoint import CONFIG_FILE, Checkpointer
 from apd.training.metrics_log import MetricsWriter
-from apd.training.optim import learning_rate_schedule
+from apd.optim import learning_rate_schedule
 
 
 def batch_indices(n: int, seed: int, stream: int, step: int, batch_size: int) -> np.ndarray:

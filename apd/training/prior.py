@@ -29,7 +29,7 @@ from apd.priors import ScoreNetPrior
 from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
-from apd.training.optim import apply_gradients, init_train_state, make_optimizer
+from apd.optim import apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t (B,*S), t (B,)) -> eps_hat (B,*S)
