@@ -1,6 +1,6 @@
 """The amortized posterior distillation (APD) objective.
 
-For measurements y_b with operators A_b and z ~ N(0, I), x = G(z, c_b) with c_b = condition(y_b):
+For measurements y_b with operators A_b and z ~ N(0, I), x = G(z, c_b) with c_b = flows.condition_of(A_b, y_b):
 
     L = mean_{b,k} [ w * (-log p(y_b | x)) - ELBO_prior(x) - log|det dG/dz| ]
 
@@ -52,7 +52,7 @@ def apd_terms(
     """
     k_z, k_elbo = jax.random.split(key)
     batch = y.shape[0]
-    cond = jax.vmap(lambda op, yy: op.condition(yy))(operators, y)
+    cond = jax.vmap(flows.condition_of)(operators, y)
     cond_k, ops_k, y_k = repeat_batch((cond, operators, y), num_z)
     z = jax.random.normal(k_z, (batch * num_z,) + tuple(flow.signal_shape))
     x, logdet = flow.apply({"params": flow_params}, z, cond_k)

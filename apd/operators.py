@@ -9,6 +9,7 @@ Common interface (x has shape S = `signal_shape`, y has shape `measurement_shape
   apply(x) -> y_clean            log_likelihood(y, x) -> scalar, nats, with every constant
   measure(key, x) -> y           condition(y) -> array the conditional flow sees (y, plus the mask where
   noise_std, num_measured         masks differ per measurement and the flow is told them)
+  estimate(y) -> S               a signal-space estimate x0(y) the flow starts from (pinv(y) if linear)
 Linear operators (`linear = True`) add adjoint(y) (exact A^T), pinv(y) (Moore-Penrose A^+; P = A^+ A is
 pinv(apply(x))), and where cheap the SVD form A = U diag(s) V^T:
   singular_values() -> s, shape S        v_t(x): S -> S (spectral coefficients), v(c): S -> S
@@ -52,6 +53,9 @@ class _Gaussian:
 
     def condition(self, y: jax.Array) -> jax.Array:
         return y
+
+    def estimate(self, y: jax.Array) -> jax.Array:
+        return self.pinv(y)
 
 
 class _FullMeasurement(_Gaussian):
@@ -314,6 +318,11 @@ class Saturate(_FullMeasurement):
 
     def apply(self, x):
         return jnp.tanh(self.gain * x)
+
+    def estimate(self, y):
+        """arctanh(y) / gain with y clipped to |y| <= tanh(3), so noise near saturation stays finite."""
+        bound = math.tanh(3.0)
+        return jnp.arctanh(jnp.clip(y, -bound, bound)) / self.gain
 
 
 def random_mask(key: jax.Array, signal_shape: tuple[int, ...], hidden_fraction, per_channel: bool = False):

@@ -47,9 +47,9 @@ class Sampler:
         return tuple(self._reference_op.measurement_shape)
 
     def _draw_samples(self, params, cond, key, num_samples):
-        cond_k = jnp.repeat(cond, num_samples, axis=0)
+        cond_k = jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=0), cond)
         x = flows.sample(self.flow, params, key, cond_k)
-        return x.reshape((cond.shape[0], num_samples) + self.signal_shape)
+        return x.reshape((-1, num_samples) + self.signal_shape)
 
     def _check(self, y) -> tuple[jax.Array, bool]:
         y = jnp.asarray(y, jnp.float32)
@@ -61,7 +61,7 @@ class Sampler:
             raise ValueError("y contains NaN or infinite values")
         return (y[None] if single else y), single
 
-    def condition(self, y: jax.Array, operator=None) -> jax.Array:
+    def condition(self, y: jax.Array, operator=None) -> flows.FlowCondition:
         """The flow's condition for measurements y (N,*M).
 
         operator: None for tasks with one fixed operator (or blind ones); else a batch of N operators
@@ -74,7 +74,7 @@ class Sampler:
                     "(the Inpaint operator of each measurement)"
                 )
             operator = broadcast_operator(self._reference_op, y.shape[0])
-        return jax.vmap(lambda op, yy: op.condition(yy))(operator, y)
+        return jax.vmap(flows.condition_of)(operator, y)
 
     def sample(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None) -> jax.Array:
         """Posterior samples: (num_samples, *S) for one y of shape M, (N, num_samples, *S) for y (N, *M).

@@ -14,6 +14,6 @@ def get_config() -> ConfigDict:
     config.flow = ConfigDict()
     config.flow.model = defaults.realnvp(num_couplings=8, width=256)
     config.flow.training = defaults.flow_training(
-        num_steps=400, batch_size=16, num_z=2, lr=5e-4, warmup_steps=50, eval_every=200, eval_num_measurements=3, ckpt_every=200
+        num_steps=1_500, batch_size=16, num_z=2, lr=5e-4, warmup_steps=100, eval_every=250, eval_num_measurements=3, ckpt_every=250
     )
     return config

@@ -71,7 +71,7 @@ def test_matches_closed_form_posterior(trained):
         np.testing.assert_allclose(x.var(0) / np.diag(cov), 1.0, atol=0.2)
 
         params = jax.tree.map(lambda a: a[i], trained.params)
-        cond = jnp.broadcast_to(trained.cond[i], (N_SAMPLES,) + trained.cond.shape[1:])
+        cond = jax.tree.map(lambda a: jnp.broadcast_to(a[i], (N_SAMPLES,) + a.shape[1:]), trained.cond)
         xq, log_q = _sample_and_log_prob(trained.flow, params, jax.random.PRNGKey(7), cond)
         r = np.asarray(xq, np.float64).reshape(N_SAMPLES, -1) - mu
         log_post = -0.5 * np.einsum("bi,ij,bj->b", r, np.linalg.inv(cov), r)
@@ -102,7 +102,7 @@ def test_training_loss_levels(trained):
     standard error of 0.07; tolerance 0.25.
     """
     assert trained.loss.shape == (2, 2000) and np.all(np.isfinite(trained.loss))
-    assert trained.cond.shape == (2,) + SHAPE  # the constant condition operator.condition(y) = y
+    assert trained.cond.features.shape == (2,) + SHAPE  # the constant condition: features y, estimate pinv(y)
     entropy_z = 2 * math.log(2 * math.pi * math.e)
     cov_y = COV[:2, :2] + NOISE**2 * np.eye(2)
     for i in range(2):

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from apd.eval.metrics import coverage
-from apd.flows import ConditionalRealNVP, normal_log_prob
+from apd.flows import ConditionalRealNVP, condition_of, normal_log_prob
 from apd.objective import apd_loss, apd_terms, data_weight_schedule, kl_plus_evidence
 from apd.operators import Denoise, Inpaint, broadcast_operator
 from apd.priors import GaussianPrior
@@ -21,8 +21,9 @@ PRIOR = GaussianPrior.create(0.5 + 0.1 * RNG.randn(D), 0.02 * B_ @ B_.T + 0.01 *
 
 
 def test_value_at_the_exact_posterior_is_minus_log_evidence():
-    # A diagonal prior and denoising: the exact posterior is diagonal, which the flow's output affine holds
-    # exactly with zero couplings. Then KL = 0 and log q - log p(y|x) - ELBO(x) averages to -log p(y).
+    # A diagonal prior and denoising: the exact posterior N(g y + m, post_var) with g = post_var / s^2 is what the
+    # flow's output map (estimate y, gain g, shift m) holds exactly with zero couplings, for every y. Then KL = 0
+    # and log q - log p(y|x) - ELBO(x) averages to -log p(y).
     var = np.array([0.02, 0.05, 0.01, 0.03])
     prior = GaussianPrior.create(np.full(D, 0.5), np.diag(var), signal_shape=(D, 1))
     y = np.array([0.6, 0.3, 0.45, 0.8])
@@ -30,7 +31,13 @@ def test_value_at_the_exact_posterior_is_minus_log_evidence():
     post_mean = post_var * (0.5 / var + y / S**2)
     flow = ConditionalRealNVP((D, 1), num_couplings=2, width=8)
     params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, D, 1)), jnp.zeros((1, D, 1)))["params"]
-    params = dict(params, out_shift=jnp.asarray(post_mean, jnp.float32), out_log_scale=jnp.asarray(0.5 * np.log(post_var), jnp.float32))
+    params = dict(
+        params,
+        estimate_gain=jnp.asarray(post_var / S**2, jnp.float32),
+        out_shift=jnp.asarray(post_var * 0.5 / var, jnp.float32),
+        out_log_scale=jnp.asarray(0.5 * np.log(post_var), jnp.float32),
+    )
+    assert np.allclose(post_var / S**2 * y + post_var * 0.5 / var, post_mean)
     op = broadcast_operator(Denoise(S, (D, 1)), 1)
     yb = jnp.asarray(y, jnp.float32).reshape(1, D, 1)
     f = jax.jit(lambda k: kl_plus_evidence(apd_terms(flow, params, prior, op, yb, k, num_z=20_000, elbo_draws=1)))
@@ -82,7 +89,8 @@ def test_trained_flow_matches_the_exact_posterior(trained_flow):
     kls, samples = [], []
     for i in range(20):
         z = jax.random.normal(jax.random.PRNGKey(100 + i), (n, D, 1))
-        x, logdet = flow.apply({"params": params}, z, jnp.repeat(y[i : i + 1], n, axis=0))
+        cond = jax.tree.map(lambda a: jnp.repeat(a[None], n, axis=0), condition_of(op, y[i]))
+        x, logdet = flow.apply({"params": params}, z, cond)
         post = PRIOR.posterior(np.diag(np.asarray(op.mask[:, 0])), np.asarray(y[i, :, 0]), S)
         kls.append(float(jnp.mean(normal_log_prob(z) - logdet - post.log_prob(x))))
         samples.append(x)

@@ -292,3 +292,14 @@ def test_broadcast_operator_under_vmap(op):
     x = _rand(9, (3,) + IMAGE)
     out = jax.jit(jax.vmap(lambda o, xi: o.apply(xi)))(ops, x)
     np.testing.assert_allclose(out[1], op.apply(x[1]), atol=1e-6)
+
+
+def test_estimates():
+    """estimate(y): the pseudo-inverse for linear operators; arctanh(y) / gain, clipped at tanh(3), for Saturate."""
+    sr = SuperResolution(2, 0.1, IMAGE)
+    y = _rand(3, sr.measurement_shape)
+    np.testing.assert_array_equal(sr.estimate(y), sr.pinv(y))
+    sat = Saturate(2.0, 0.1, (3, 1))
+    x = jnp.array([[0.1], [-0.4], [5.0]])
+    np.testing.assert_allclose(sat.estimate(sat.apply(x)), [[0.1], [-0.4], [1.5]], rtol=1e-4)
+    assert float(sat.estimate(jnp.array([[1.3]]))[0, 0]) == pytest.approx(1.5, rel=1e-4)

@@ -7,8 +7,9 @@ For ONE fixed measurement y a RealNVP x = G_phi(z), z ~ N(0, I), is trained by A
 
 which is `apd.objective.apd_terms` / `apd_loss` (the amortized flow's objective, the same ELBO) with one
 measurement and num_z = batch_size. -log p(y|x) = ||y - A x||^2 / (2 s^2) + a constant that does not move
-the gradient. The flow is `ConditionalRealNVP` given the CONSTANT condition c = operator.condition(y): a fixed
-input to the coupling MLPs only shifts their first-layer biases, so the flow is unconditional in effect.
+the gradient. The flow is `ConditionalRealNVP` given the CONSTANT condition c = flows.condition_of(A, y): a fixed
+input to the coupling MLPs only shifts their first-layer biases, and the estimate pinv(y) a constant added at the
+output (gain 1 at the start, learned), so the flow is unconditional in effect.
 
 Data-weight annealing (official `train_dpi.py`: 1/(1 + exp(-0.002 (k - 12000))) over 20,000 steps) is
 rescaled to num_steps: centre 0.6 num_steps, slope 0.002 * 20000 / num_steps, so the weight goes from
@@ -95,7 +96,7 @@ class FlowFit(NamedTuple):
 
     flow: ConditionalRealNVP  # the module (shared structure)
     params: Any  # its parameters, every leaf with a leading axis N
-    cond: jax.Array  # (N, *C) the constant condition operator.condition(y_i)
+    cond: flows.FlowCondition  # leaves with a leading axis N: the constant condition flows.condition_of(A_i, y_i)
     loss: jax.Array  # (N, num_steps) training loss of every step, nats
 
 
@@ -167,8 +168,9 @@ def _fit(prior, operator, y, key, lr, flow, settings):
     def one(op, y_i, key_i):
         init_key, train_key = jax.random.split(key_i)
         op_1, y_1 = jax.tree.map(lambda a: a[None], (op, y_i))  # apd_terms takes a batch of measurements
-        cond = op.condition(y_i)
-        params = flow.init(init_key, jnp.zeros((1,) + tuple(flow.signal_shape)), cond[None])["params"]
+        cond = flows.condition_of(op, y_i)
+        cond_1 = jax.tree.map(lambda a: a[None], cond)
+        params = flow.init(init_key, jnp.zeros((1,) + tuple(flow.signal_shape)), cond_1)["params"]
 
         def loss_fn(params, weight, step_key):
             terms = apd_terms(
@@ -194,6 +196,7 @@ def _fit(prior, operator, y, key, lr, flow, settings):
 @functools.partial(jax.jit, static_argnames=("flow", "num_samples"))
 def _sample(params, cond, key, flow, num_samples):
     def one(params_i, cond_i, key_i):
-        return flows.sample(flow, params_i, key_i, jnp.broadcast_to(cond_i, (num_samples,) + cond_i.shape))
+        cond_k = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_samples,) + a.shape), cond_i)
+        return flows.sample(flow, params_i, key_i, cond_k)
 
-    return jax.vmap(one)(params, cond, common.measurement_keys(key, cond.shape[0]))
+    return jax.vmap(one)(params, cond, common.measurement_keys(key, cond.features.shape[0]))

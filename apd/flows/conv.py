@@ -6,14 +6,15 @@ integer factor (super-resolution). Sampling direction, level l = 0 .. L-1:
     squeeze (H_l, W_l, C_l) -> (H_l/2, W_l/2, 4 C_l), then `couplings_per_level` affine channel couplings
 
 and after the last level L unsqueezes restore (H,W,C), followed by a per-entry affine map (zero-initialised
-log-scale). A coupling splits the channels by a fixed seeded permutation into a conditioning part a and a
+log-scale) to which a `FlowCondition`'s estimate x0(y) (B,H,W,C) is added times a per-entry gain (initialised to
+1); c is then its features. A coupling splits the channels by a fixed seeded permutation into a conditioning part a and a
 transformed part b (the next coupling swaps the roles, so each pair touches every channel):
 
     b' = b * exp(s) + m,   (s, m) = ConvNet([a, e_l]),   s = scale_bound * tanh(raw / scale_bound)
 
 and writes b' back in place, so the channel order never changes. e_l are the condition's features at the
 level's resolution (one encoder per level, shared by its couplings; average pooling down, repetition up).
-The conditioners' last convs are zero-initialised, so an untrained flow is the identity. There is no
+The conditioners' last convs are zero-initialised, so an untrained flow is that output map of z. There is no
 normalisation of any kind: one sample never depends on the others in its batch.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from apd.flows.condition import split_condition
 
 
 def squeeze(v: jax.Array) -> jax.Array:
@@ -128,8 +131,11 @@ class ConditionalConvFlow(nn.Module):
         self.encoders = [ConditionEncoder(self.channels) for _ in range(self.num_levels)]
         self.out_log_scale = self.param("out_log_scale", nn.initializers.zeros, tuple(self.signal_shape))
         self.out_shift = self.param("out_shift", nn.initializers.zeros, tuple(self.signal_shape))
+        self.estimate_gain = self.param("estimate_gain", nn.initializers.ones, tuple(self.signal_shape))
 
-    def _check(self, v: jax.Array, cond: jax.Array) -> None:
+    def _check(self, v: jax.Array, cond):
+        """(features (B,h,w,k), offset: gain * estimate (B,H,W,C), or 0 without one)."""
+        cond, estimate = split_condition(cond)
         if tuple(v.shape[1:]) != tuple(self.signal_shape):
             raise ValueError(f"expected a (batch, *{tuple(self.signal_shape)}) array, got shape {v.shape}")
         if cond.ndim != 4:
@@ -142,15 +148,20 @@ class ConditionalConvFlow(nn.Module):
                 f"condition spatial size {(h, w)} must be the image size {(height, width)} divided by one "
                 "integer factor"
             )
+        if estimate is None:
+            return cond, 0.0
+        if estimate.shape != v.shape:
+            raise ValueError(f"estimate shape {estimate.shape} != signal batch shape {v.shape}")
+        return cond, self.estimate_gain * estimate
 
     def _level_couplings(self, level: int):
         """This level's (coupling, (a indices, b indices, inverse permutation)) pairs, in sampling order."""
         level_slice = slice(level * self.couplings_per_level, (level + 1) * self.couplings_per_level)
         return list(zip(self.couplings[level_slice], self.splits[level_slice]))
 
-    def __call__(self, z: jax.Array, cond: jax.Array):
-        """Sampling direction z -> x, with log|det dx/dz|."""
-        self._check(z, cond)
+    def __call__(self, z: jax.Array, cond):
+        """Sampling direction z -> x, with log|det dx/dz|; cond: features (B,h,w,k) or a FlowCondition."""
+        cond, offset = self._check(z, cond)
         h, logdet = z, jnp.zeros(z.shape[0], z.dtype)
         for level in range(self.num_levels):
             h = squeeze(h)
@@ -163,13 +174,13 @@ class ConditionalConvFlow(nn.Module):
                 h = jnp.concatenate([a, b], axis=-1)[..., inv]
         for _ in range(self.num_levels):
             h = unsqueeze(h)
-        x = h * jnp.exp(self.out_log_scale) + self.out_shift
+        x = h * jnp.exp(self.out_log_scale) + self.out_shift + offset
         return x, logdet + jnp.sum(self.out_log_scale)
 
-    def inverse(self, x: jax.Array, cond: jax.Array):
+    def inverse(self, x: jax.Array, cond):
         """Density direction x -> z, with log|det dz/dx| = -log|det dx/dz|."""
-        self._check(x, cond)
-        h = (x - self.out_shift) * jnp.exp(-self.out_log_scale)
+        cond, offset = self._check(x, cond)
+        h = (x - self.out_shift - offset) * jnp.exp(-self.out_log_scale)
         logdet = jnp.full(x.shape[0], -jnp.sum(self.out_log_scale), x.dtype)
         for _ in range(self.num_levels):
             h = squeeze(h)

@@ -10,8 +10,9 @@ The shift also has a linear path from [z_a, c], so that a wide signal (the bunny
 its measurement to the shift at full rank through an MLP narrower than the signal.
 
 followed by a fixed random permutation. A final per-entry affine map (zero-initialised log-scale) sets the
-overall location and spread. The conditioners' last layers are zero-initialised, so an untrained flow is
-the identity. Nothing depends on the batch: one sample never depends on the others drawn with it.
+overall location and spread; given a `FlowCondition`, the estimate x0(y) is added there too, times a per-entry
+gain g (initialised to 1): x = h * exp(out_log_scale) + out_shift + g * x0. The conditioners' last layers are
+zero-initialised, so an untrained flow is that affine map of z. Nothing depends on the batch: one sample never depends on the others drawn with it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from apd.flows.condition import split_condition
 
 
 class CouplingMLP(nn.Module):
@@ -74,17 +77,25 @@ class ConditionalRealNVP(nn.Module):
         ]
         self.out_log_scale = self.param("out_log_scale", nn.initializers.zeros, (self.dim,))
         self.out_shift = self.param("out_shift", nn.initializers.zeros, (self.dim,))
+        self.estimate_gain = self.param("estimate_gain", nn.initializers.ones, (self.dim,))
 
     def _check(self, v, cond):
+        """(v flat (B,d), features flat (B,k), offset (B,d): gain * estimate, or 0 without one)."""
+        features, estimate = split_condition(cond)
         if tuple(v.shape[1:]) != tuple(self.signal_shape):
             raise ValueError(f"expected a (batch, *{tuple(self.signal_shape)}) array, got shape {v.shape}")
-        if cond.shape[0] != v.shape[0]:
-            raise ValueError(f"condition batch {cond.shape[0]} != signal batch {v.shape[0]}")
-        return v.reshape(v.shape[0], -1), cond.reshape(cond.shape[0], -1)
+        if features.shape[0] != v.shape[0]:
+            raise ValueError(f"condition batch {features.shape[0]} != signal batch {v.shape[0]}")
+        offset = 0.0
+        if estimate is not None:
+            if estimate.shape != v.shape:
+                raise ValueError(f"estimate shape {estimate.shape} != signal batch shape {v.shape}")
+            offset = self.estimate_gain * estimate.reshape(v.shape[0], -1)
+        return v.reshape(v.shape[0], -1), features.reshape(features.shape[0], -1), offset
 
-    def __call__(self, z: jax.Array, cond: jax.Array):
-        """Sampling direction z -> x, with log|det dx/dz|."""
-        h, c = self._check(z, cond)
+    def __call__(self, z: jax.Array, cond):
+        """Sampling direction z -> x, with log|det dx/dz|; cond: features (B,*C) or a FlowCondition."""
+        h, c, offset = self._check(z, cond)
         logdet = jnp.zeros(z.shape[0], z.dtype)
         for coupling, perm in zip(self.couplings, self.perms):
             a, b = h[:, : self.split], h[:, self.split :]
@@ -92,13 +103,13 @@ class ConditionalRealNVP(nn.Module):
             b = b * jnp.exp(log_s) + shift
             logdet += jnp.sum(log_s, axis=1)
             h = jnp.concatenate([a, b], axis=1)[:, perm]
-        x = h * jnp.exp(self.out_log_scale) + self.out_shift
+        x = h * jnp.exp(self.out_log_scale) + self.out_shift + offset
         return x.reshape(z.shape), logdet + jnp.sum(self.out_log_scale)
 
-    def inverse(self, x: jax.Array, cond: jax.Array):
+    def inverse(self, x: jax.Array, cond):
         """Density direction x -> z, with log|det dz/dx| = -log|det dx/dz|."""
-        h, c = self._check(x, cond)
-        h = (h - self.out_shift) * jnp.exp(-self.out_log_scale)
+        h, c, offset = self._check(x, cond)
+        h = (h - self.out_shift - offset) * jnp.exp(-self.out_log_scale)
         logdet = jnp.full(x.shape[0], -jnp.sum(self.out_log_scale), x.dtype)
         for coupling, inv_perm in zip(reversed(self.couplings), reversed(self.inv_perms)):
             h = h[:, inv_perm]

@@ -22,7 +22,7 @@ import optax
 from apd import flows
 from apd.eval.metrics import psnr
 from apd.measurements import measure, split_key
-from apd.objective import apd_loss, apd_terms, data_weight_schedule
+from apd.objective import apd_loss, apd_terms, data_weight_schedule, repeat_batch
 from apd.operators import OperatorFamily, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, load_config, save_config
@@ -44,9 +44,23 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
     init_key, state_key, op_key = jax.random.split(key, 3)
     op = family.draw(op_key)
     x = jnp.zeros((1,) + tuple(family.signal_shape), jnp.float32)
-    cond = op.condition(op.apply(x[0]))[None]
+    cond = jax.tree.map(lambda a: a[None], flows.condition_of(op, op.apply(x[0])))
     params = flow.init(init_key, x, cond)["params"]
     return init_train_state(params, tx, state_key)
+
+
+def fit_output_to_training_pairs(state: dict, family: OperatorFamily, measurement_key, train, num_pairs: int = 512):
+    """state with params and EMA params started from the moments of x - x0(y) over the first num_pairs training
+    signals and their measurements (`flows.fit_output`): the flow starts as the per-entry Gaussian around the
+    operator's estimate that fits the training pairs best."""
+    n = min(num_pairs, len(train))
+    x = jnp.asarray(train[:n], jnp.float32)
+    ops, y = measure(family, measurement_key, x, jnp.arange(n))
+    residuals = x - jax.vmap(lambda op, yy: op.estimate(yy))(ops, y)
+    params = flows.fit_output(state["params"], residuals)
+    sharding = jax.tree.leaves(state["params"])[0].sharding
+    params = jax.device_put(params, sharding)
+    return {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
 
 
 def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
@@ -86,8 +100,7 @@ def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, meas
 
     def evaluate(params, x, index, key):
         ops, y = measure(family, measurement_key, x, index)
-        cond = jax.vmap(lambda op, yy: op.condition(yy))(ops, y)
-        cond_k = jnp.repeat(cond, num_samples, axis=0)
+        cond_k = repeat_batch(jax.vmap(flows.condition_of)(ops, y), num_samples)
         samples = flows.sample(flow, params, key, cond_k).reshape((x.shape[0], num_samples) + x.shape[1:])
         return psnr(jnp.clip(samples[:, 0], 0, 1), x), psnr(jnp.clip(jnp.mean(samples, axis=1), 0, 1), x)
 
@@ -108,10 +121,13 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
     init = jax.jit(lambda k: init_flow_state(flow, family, tx, k), out_shardings=replicated(mesh))
     state = init(jax.random.PRNGKey(config.seed + 7))
 
+    train_key = split_key(config.seed, "train")
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(state, latest)
+    else:
+        state = fit_output_to_training_pairs(state, family, train_key, dataset.train)
     if latest is not None and latest >= tcfg.num_steps:
         checkpointer.close()
         return flow, state["ema_params"]
@@ -122,7 +138,6 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
         saved.flow.signal_shape = signal_shape
         save_config(flow_dir(workdir), saved)
 
-    train_key = split_key(config.seed, "train")
     step_fn = jax.jit(
         make_train_step(flow, family, tx, tcfg, train_key), donate_argnums=0, out_shardings=(replicated(mesh), None)
     )
