@@ -52,7 +52,7 @@ def flow_training(**overrides) -> ConfigDict:
 
 def realnvp(**overrides) -> ConfigDict:
     """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling."""
-    values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0)
+    values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0, linear_shift=True)
     values.update(overrides)
     return ConfigDict(values)
 

@@ -58,6 +58,7 @@ def make_flow(cfg, signal_shape: tuple[int, ...]) -> nn.Module:
             width=cfg.width,
             depth=cfg.depth,
             scale_bound=cfg.scale_bound,
+            linear_shift=cfg.linear_shift,
         )
     if cfg.name == "conv":
         from apd.flows.conv import ConditionalConvFlow
