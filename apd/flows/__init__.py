@@ -58,7 +58,7 @@ def make_flow(cfg, signal_shape: tuple[int, ...]) -> nn.Module:
             width=cfg.width,
             depth=cfg.depth,
             scale_bound=cfg.scale_bound,
-            linear_shift=cfg.linear_shift,
+            linear_shift=cfg.get("linear_shift", True),  # configs saved before the option had the path
         )
     if cfg.name == "conv":
         from apd.flows.conv import ConditionalConvFlow
