@@ -89,13 +89,17 @@ def params_with_estimate(p):
     return jax.tree.unflatten(tree, [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
 
-def test_fit_output_matches_residual_moments():
+def test_fit_output_is_the_per_entry_least_squares_fit():
     p = FLOW.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), COND[:1])["params"]
-    r = 0.3 + 0.05 * jax.random.normal(jax.random.PRNGKey(11), (4000,) + SHAPE)
-    r = r.at[:, 0].set(0.2)  # a constant entry gets the floor std
-    fitted = flows.fit_output(p, r, min_std=1e-2)
-    np.testing.assert_allclose(fitted["out_shift"][1:], 0.3, atol=4e-3)
-    np.testing.assert_allclose(np.exp(fitted["out_log_scale"][1:]), 0.05, rtol=0.05)
-    assert float(fitted["out_shift"][0]) == pytest.approx(0.2)
-    assert float(np.exp(fitted["out_log_scale"][0])) == pytest.approx(1e-2)
-    np.testing.assert_array_equal(fitted["estimate_gain"], 1.0)
+    kx, kn = jax.random.split(jax.random.PRNGKey(11))
+    x = 0.3 + 0.2 * jax.random.normal(kx, (20_000,) + SHAPE)
+    est = x + 0.2 * jax.random.normal(kn, x.shape)  # noisy estimate: Wiener gain 0.04 / (0.04 + 0.04) = 0.5
+    est = est.at[:, 0].set(0.0)  # an entry the estimate leaves empty: gain 1, shift = mean, std = prior std
+    est = est.at[:, 1].set(x[:, 1])  # an exact estimate: gain 1, shift 0, std at the floor
+    fitted = flows.fit_output(p, x, est, min_std=1e-2)
+    gain, shift, std = fitted["estimate_gain"], fitted["out_shift"], np.exp(fitted["out_log_scale"])
+    np.testing.assert_allclose(gain[2:], 0.5, atol=0.02)
+    np.testing.assert_allclose(shift[2:], 0.15, atol=0.01)  # b = mean(x) - g mean(x0) = 0.3 - 0.5 * 0.3
+    np.testing.assert_allclose(std[2:], np.sqrt(0.02), rtol=0.02)  # posterior std of x given x0
+    np.testing.assert_allclose([gain[0], shift[0], std[0]], [1.0, 0.3, 0.2], atol=0.01)
+    np.testing.assert_allclose([gain[1], shift[1], std[1]], [1.0, 0.0, 0.01], atol=1e-4)

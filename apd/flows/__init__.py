@@ -5,9 +5,9 @@ in `inverse`. The functions below turn one into q(x | c).
 
 The condition is either an array (B,*C) of features or a `FlowCondition`: the features plus a signal-space
 estimate x0(y) (B,*S) (the operator's pseudo-inverse), which the flow adds at its output through a per-entry
-gain initialised to 1. An untrained flow then already puts x near x0(y), and `fit_output` sets its final
-affine map to the mean and spread of the residuals x - x0(y) on training pairs, so training starts from the
-best per-entry Gaussian around the estimate instead of from x = z.
+gain initialised to 1. An untrained flow then already puts x near x0(y), and `fit_output` fits that gain and
+the final affine map to training pairs, so training starts from the best per-entry affine-Gaussian q(x|y)
+instead of from x = z.
 """
 from __future__ import annotations
 
@@ -39,14 +39,25 @@ def condition_of(operator, y: jax.Array) -> FlowCondition:
     return FlowCondition(operator.condition(y), operator.estimate(y))
 
 
-def fit_output(params: Any, residuals: jax.Array, min_std: float = 1e-2) -> Any:
-    """params with the flow's final per-entry affine map set to the moments of residuals r = x - x0(y), (N,*S):
-    out_shift = mean(r), out_log_scale = log max(std(r), min_std), entry by entry."""
+def fit_output(params: Any, x: jax.Array, estimate: jax.Array, min_std: float = 1e-2) -> Any:
+    """params with the flow's output map fitted, entry by entry, to training pairs: x (N,*S) and x0(y) (N,*S).
+
+    Per entry, the least-squares line x ~ g x0 + b (g clipped to [0, 1]; g = 1 where x0 does not vary, e.g.
+    hidden entries) gives estimate_gain = g and out_shift = b, and out_log_scale = log max(std of the
+    residual, min_std). With untrained couplings the flow is then q(x|y) = N(g x0(y) + b, diag(std^2)), the
+    best per-entry affine-Gaussian fit: a Wiener filter where the estimate is noisy, the mean where it is empty.
+    """
     shape, dtype = params["out_shift"].shape, params["out_shift"].dtype
-    r = residuals.reshape((residuals.shape[0],) + shape)
-    shift = jnp.mean(r, axis=0).astype(dtype)
-    log_scale = jnp.log(jnp.maximum(jnp.std(r, axis=0), min_std)).astype(dtype)
-    return {**params, "out_shift": shift, "out_log_scale": log_scale}
+    x = x.reshape((x.shape[0],) + shape)
+    e = estimate.reshape((estimate.shape[0],) + shape)
+    x_c, e_c = x - jnp.mean(x, axis=0), e - jnp.mean(e, axis=0)
+    var_e = jnp.mean(e_c**2, axis=0)
+    varies = var_e > 1e-10
+    gain = jnp.where(varies, jnp.clip(jnp.mean(x_c * e_c, axis=0) / jnp.where(varies, var_e, 1.0), 0.0, 1.0), 1.0)
+    shift = jnp.mean(x - gain * e, axis=0)
+    log_scale = jnp.log(jnp.maximum(jnp.std(x - gain * e, axis=0), min_std))
+    fitted = {"estimate_gain": gain, "out_shift": shift, "out_log_scale": log_scale}
+    return {**params, **{k: v.astype(dtype) for k, v in fitted.items()}}
 
 
 def make_flow(cfg, signal_shape: tuple[int, ...]) -> nn.Module:

@@ -50,14 +50,13 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
 
 
 def fit_output_to_training_pairs(state: dict, family: OperatorFamily, measurement_key, train, num_pairs: int = 512):
-    """state with params and EMA params started from the moments of x - x0(y) over the first num_pairs training
-    signals and their measurements (`flows.fit_output`): the flow starts as the per-entry Gaussian around the
-    operator's estimate that fits the training pairs best."""
+    """state with params and EMA params whose output map is fitted (`flows.fit_output`) to the first num_pairs
+    training signals and the estimates x0(y) of their measurements: the flow starts as the per-entry
+    affine-Gaussian q(x|y) that fits the training pairs best (train split only, the prior's own data)."""
     n = min(num_pairs, len(train))
     x = jnp.asarray(train[:n], jnp.float32)
     ops, y = measure(family, measurement_key, x, jnp.arange(n))
-    residuals = x - jax.vmap(lambda op, yy: op.estimate(yy))(ops, y)
-    params = flows.fit_output(state["params"], residuals)
+    params = flows.fit_output(state["params"], x, jax.vmap(lambda op, yy: op.estimate(yy))(ops, y))
     sharding = jax.tree.leaves(state["params"])[0].sharding
     params = jax.device_put(params, sharding)
     return {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
