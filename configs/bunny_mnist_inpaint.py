@@ -13,7 +13,7 @@ def get_config() -> ConfigDict:
     config.operator = ConfigDict(dict(name="inpaint", noise_std=0.1, hidden_fraction=0.3, mask_seed=0))
     config.flow = ConfigDict()
     config.flow.model = defaults.realnvp(num_couplings=8, width=512, linear_shift=False)  # see configs/era5_impute.py
-    config.flow.training = defaults.flow_training(num_steps=6_000, batch_size=32, num_z=2, lr=5e-4, eval_every=500)
+    config.flow.training = defaults.flow_training(num_steps=8_000, batch_size=32, num_z=2, lr=5e-4)
     # Baseline settings for evaluate.py. Official [-1,1] step sizes halve in [0,1] units (METHODS 1.3): DPS
     # inpainting zeta 0.5 -> 0.25, MCG alpha 1 -> 0.5, RED-diff lr 0.1 -> 0.05. The per-measurement flow is
     # cut to a CPU budget (METHODS' 20k steps at batch 64 would take hours per measurement here).
