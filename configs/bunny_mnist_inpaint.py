@@ -1,4 +1,4 @@
-"""Bunny-MNIST inpainting: 30% of the 1,889 vertices hidden (one fixed mask), s = 0.1. CPU: ~40 min in all.
+"""Bunny-MNIST inpainting: 30% of the 1,889 vertices hidden (one fixed mask), s = 0.1. CPU: ~75 min in all.
 
     python train.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint
     python evaluate.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint --baselines dps,mcg
