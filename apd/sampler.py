@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from apd import flows
+from apd.objective import repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 
 
@@ -47,8 +48,7 @@ class Sampler:
         return tuple(self._reference_op.measurement_shape)
 
     def _draw_samples(self, params, cond, key, num_samples):
-        cond_k = jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=0), cond)
-        x = flows.sample(self.flow, params, key, cond_k)
+        x = flows.sample(self.flow, params, key, repeat_batch(cond, num_samples))
         return x.reshape((-1, num_samples) + self.signal_shape)
 
     def _check(self, y) -> tuple[jax.Array, bool]:

@@ -1,5 +1,5 @@
 """Conditional RealNVP: exact inverse, exact log-determinant, identity at init, batch independence, the estimate
-skip and the moment fit of the output map."""
+skip and the least-squares fit of the output map."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +14,16 @@ FLOW = ConditionalRealNVP(SHAPE, num_couplings=4, width=32, depth=2, scale_bound
 COND = jax.random.uniform(jax.random.PRNGKey(5), (3, 7, 2))
 
 
+def _perturbed(p, seed: int, scale: float):
+    """p with every leaf moved by scale * N(0, 1), so that checks go through non-trivial layers."""
+    leaves, tree = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
 @pytest.fixture(scope="module")
 def params():
-    p = FLOW.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), COND[:1])["params"]
-    leaves, tree = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    return jax.tree.unflatten(tree, [l + 0.2 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+    return _perturbed(FLOW.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), COND[:1])["params"], 1, 0.2)
 
 
 def test_identity_at_initialisation():
@@ -76,17 +80,10 @@ def test_estimate_is_added_at_the_output_through_a_per_entry_gain():
     x, logdet = FLOW.apply({"params": p}, z, cond)  # untrained couplings: x = 0.1 z + 0.5 + 0.8 x0
     np.testing.assert_allclose(x, 0.5 + 0.8 * est, atol=1e-6)
     np.testing.assert_allclose(logdet, 7 * np.log(0.1), atol=1e-4)
-    x, log_q = flows.sample_and_log_prob(FLOW, params_with_estimate(p), jax.random.PRNGKey(9), cond)
-    np.testing.assert_allclose(flows.log_prob(FLOW, params_with_estimate(p), x, cond), log_q, atol=1e-4)
+    x, log_q = flows.sample_and_log_prob(FLOW, _perturbed(p, 10, 0.1), jax.random.PRNGKey(9), cond)
+    np.testing.assert_allclose(flows.log_prob(FLOW, _perturbed(p, 10, 0.1), x, cond), log_q, atol=1e-4)
     with pytest.raises(ValueError, match=r"estimate shape \(3, 6, 1\) != signal batch shape \(3, 7, 1\)"):
         FLOW.apply({"params": p}, z, flows.FlowCondition(COND, est[:, :6]))
-
-
-def params_with_estimate(p):
-    """p with perturbed couplings, so that the log-density check goes through non-trivial layers."""
-    leaves, tree = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(10), len(leaves))
-    return jax.tree.unflatten(tree, [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
 
 def test_fit_output_is_the_per_entry_least_squares_fit():

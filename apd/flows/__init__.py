@@ -54,8 +54,9 @@ def fit_output(params: Any, x: jax.Array, estimate: jax.Array, min_std: float = 
     var_e = jnp.mean(e_c**2, axis=0)
     varies = var_e > 1e-10
     gain = jnp.where(varies, jnp.clip(jnp.mean(x_c * e_c, axis=0) / jnp.where(varies, var_e, 1.0), 0.0, 1.0), 1.0)
-    shift = jnp.mean(x - gain * e, axis=0)
-    log_scale = jnp.log(jnp.maximum(jnp.std(x - gain * e, axis=0), min_std))
+    residual = x - gain * e
+    shift = jnp.mean(residual, axis=0)
+    log_scale = jnp.log(jnp.maximum(jnp.std(residual, axis=0), min_std))
     fitted = {"estimate_gain": gain, "out_shift": shift, "out_log_scale": log_scale}
     return {**params, **{k: v.astype(dtype) for k, v in fitted.items()}}
 

@@ -14,8 +14,14 @@ class FlowCondition(NamedTuple):
     estimate: jax.Array
 
 
-def split_condition(cond) -> tuple[jax.Array, jax.Array | None]:
-    """(features, estimate or None) of a FlowCondition or of a plain feature array."""
-    if isinstance(cond, FlowCondition):
-        return cond.features, cond.estimate
-    return cond, None
+def split_condition(cond, gain: jax.Array, signal_batch_shape: tuple[int, ...]):
+    """(features, offset) of a FlowCondition or of a plain feature array.
+
+    offset: gain * estimate, the estimate reshaped to (B, *gain.shape), for a FlowCondition whose estimate has
+    signal_batch_shape (B,*S); 0 for a plain array (no estimate).
+    """
+    if not isinstance(cond, FlowCondition):
+        return cond, 0.0
+    if cond.estimate.shape != tuple(signal_batch_shape):
+        raise ValueError(f"estimate shape {cond.estimate.shape} != signal batch shape {tuple(signal_batch_shape)}")
+    return cond.features, gain * cond.estimate.reshape((signal_batch_shape[0],) + gain.shape)

@@ -135,7 +135,7 @@ class ConditionalConvFlow(nn.Module):
 
     def _check(self, v: jax.Array, cond):
         """(features (B,h,w,k), offset: gain * estimate (B,H,W,C), or 0 without one)."""
-        cond, estimate = split_condition(cond)
+        cond, offset = split_condition(cond, self.estimate_gain, v.shape)
         if tuple(v.shape[1:]) != tuple(self.signal_shape):
             raise ValueError(f"expected a (batch, *{tuple(self.signal_shape)}) array, got shape {v.shape}")
         if cond.ndim != 4:
@@ -148,11 +148,7 @@ class ConditionalConvFlow(nn.Module):
                 f"condition spatial size {(h, w)} must be the image size {(height, width)} divided by one "
                 "integer factor"
             )
-        if estimate is None:
-            return cond, 0.0
-        if estimate.shape != v.shape:
-            raise ValueError(f"estimate shape {estimate.shape} != signal batch shape {v.shape}")
-        return cond, self.estimate_gain * estimate
+        return cond, offset
 
     def _level_couplings(self, level: int):
         """This level's (coupling, (a indices, b indices, inverse permutation)) pairs, in sampling order."""

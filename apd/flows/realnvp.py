@@ -89,16 +89,11 @@ class ConditionalRealNVP(nn.Module):
 
     def _check(self, v, cond):
         """(v flat (B,d), features flat (B,k), offset (B,d): gain * estimate, or 0 without one)."""
-        features, estimate = split_condition(cond)
+        features, offset = split_condition(cond, self.estimate_gain, v.shape)
         if tuple(v.shape[1:]) != tuple(self.signal_shape):
             raise ValueError(f"expected a (batch, *{tuple(self.signal_shape)}) array, got shape {v.shape}")
         if features.shape[0] != v.shape[0]:
             raise ValueError(f"condition batch {features.shape[0]} != signal batch {v.shape[0]}")
-        offset = 0.0
-        if estimate is not None:
-            if estimate.shape != v.shape:
-                raise ValueError(f"estimate shape {estimate.shape} != signal batch shape {v.shape}")
-            offset = self.estimate_gain * estimate.reshape(v.shape[0], -1)
         return v.reshape(v.shape[0], -1), features.reshape(features.shape[0], -1), offset
 
     def __call__(self, z: jax.Array, cond):
