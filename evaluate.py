@@ -6,9 +6,10 @@
 
 Every method sees the same prior (workdir/prior), operators and measurements (the first --num_measurements
 signals of --split). Baseline settings come from the config's optional section baselines.<name>, else the
-module defaults. Without a trained flow in the workdir only the baselines run. Writes results.md, .csv,
-.json, the signals and a figure per measurement set to workdir/eval (or --out); see apd/evaluation.py for
-the protocol and apd/eval/report.py for the files.
+module defaults; every baseline draws --baseline_samples samples per measurement and APD is shown at that K
+too. Without a trained flow in the workdir only the baselines run. Writes results.md, .csv, .json, the
+signals, a figure and a calibration plot per measurement set to workdir/eval (or --out); see
+apd/evaluation.py for the protocol and apd/eval/report.py for the files.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/<task>.py).")
 flags.DEFINE_string("workdir", None, "Run directory with prior/ and flow/ (default: runs/<config file name>).")
-flags.DEFINE_enum("split", "test", ["test", "val"], "Held-out split whose first signals are measured.")
+flags.DEFINE_list("split", ["test"], "Held-out split(s) whose first signals are measured: test, val or test,val.")
 flags.DEFINE_integer("num_measurements", 16, "Measurements per set.")
 flags.DEFINE_integer("num_samples", 128, "APD samples per measurement (K).")
 flags.DEFINE_list("baselines", [], "Comma-separated baselines: dps, mcg, pigdm, cpigdm, ddrm, reddiff, noise2score, flow.")
-flags.DEFINE_integer("baseline_samples", 1, "Samples per measurement for each baseline.")
+flags.DEFINE_integer("baseline_samples", 32, "Samples per measurement for each baseline (APD is also shown at this K).")
+flags.DEFINE_integer("flow_step", None, "Flow checkpoint to evaluate (default: the latest); recorded in results.json.")
 flags.DEFINE_enum("ood", None, ["ffhq32"], "Also measure this out-of-distribution data set (CelebA tasks).")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/eval).")
 FLAGS = flags.FLAGS
@@ -51,6 +53,7 @@ def main(argv):
             num_samples=FLAGS.num_samples,
             baseline_samples=FLAGS.baseline_samples,
             ood=FLAGS.ood,
+            flow_step=FLAGS.flow_step,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

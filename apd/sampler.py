@@ -33,6 +33,7 @@ class Sampler:
     params: Any
     family: OperatorFamily
     config: ml_collections.ConfigDict
+    step: int | None = None  # the training step of the checkpoint (None: not from a checkpoint)
 
     def __post_init__(self):
         self._reference_op = self.family.draw(jax.random.PRNGKey(0))
@@ -97,11 +98,10 @@ class Sampler:
         return jnp.mean(x, axis=axis), jnp.std(x, axis=axis)
 
 
-def load_sampler(workdir: str) -> Sampler:
-    """The trained sampler in workdir (EMA parameters of the latest flow checkpoint)."""
+def load_sampler(workdir: str, step: int | None = None) -> Sampler:
+    """The trained sampler in workdir: EMA parameters of the flow checkpoint at `step` (default: the latest)."""
     from apd.training.flow import load_flow
 
-    flow, params, config = load_flow(workdir)
+    flow, params, config, step = load_flow(workdir, step)
     family = make_operator_family(config.operator, tuple(config.flow.signal_shape))
-    return Sampler(flow, jax.device_put(params), family, config)
-
+    return Sampler(flow, jax.device_put(params), family, config, step)

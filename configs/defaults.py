@@ -38,6 +38,7 @@ def flow_training(**overrides) -> ConfigDict:
         cosine_decay=True,
         grad_clip=1.0,
         ema_decay=0.999,
+        fit_output="prior",  # output map fitted to pairs from prior samples ('data': clean training signals; 'none')
         anneal_steps=0,  # 0: data weight 1 from the start; else a linear ramp that reaches 1 at this step
         log_every=100,
         eval_every=1_000,  # validation runs on logging steps: a multiple of log_every

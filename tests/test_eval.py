@@ -276,3 +276,28 @@ def test_sphere_renders_and_dispatch(tmp_path):
     assert _read(maps).shape == _expected_pixels(1, 2, 160 / figures.DPI)
     with pytest.raises(ValueError, match="unknown signal kind 'graph'"):
         figures.save_signal_figure(tmp_path / "g.png", "graph", [])
+
+
+def test_coverage_and_calibration_over_selected_entries():
+    """Truth at the sample median on observed entries (inside every interval), far outside on hidden ones."""
+    jnp = jax.numpy
+    samples = jnp.broadcast_to(jnp.arange(99.0).reshape(1, 99, 1, 1), (2, 99, 4, 1))
+    mask = jnp.asarray([[1.0], [1.0], [0.0], [1.0]])
+    truth = jnp.where(mask > 0, 49.0, 1000.0) * jnp.ones((2, 4, 1))
+    levels = (0.5, 0.9)
+    np.testing.assert_allclose(metrics.coverage(samples, truth, levels, where=mask), [1.0, 1.0])
+    np.testing.assert_allclose(metrics.coverage(samples, truth, levels, where=1 - mask), [0.0, 0.0])
+    np.testing.assert_allclose(metrics.coverage(samples, truth, levels), [0.75, 0.75])
+    # hidden: coverage 0 at every level, so the error is the mean level, 0.5
+    assert float(metrics.calibration_error(samples, truth, where=1 - mask)) == pytest.approx(0.5)
+
+
+def test_bootstrap_interval_of_the_mean():
+    assert metrics.bootstrap_ci(np.full(7, 3.0)) == [3.0, 3.0]
+    values = np.random.default_rng(1).normal(size=400)
+    low, high = metrics.bootstrap_ci(values)
+    half_width = 1.96 * values.std() / np.sqrt(values.size)  # the normal-theory half width
+    assert low < values.mean() < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    with pytest.raises(ValueError, match="at least one value"):
+        metrics.bootstrap_ci([])

@@ -16,17 +16,20 @@ import numpy as np
 import pytest
 
 from apd.data import load_dataset
+from apd.baselines import get_baseline
+from apd.baselines.common import sample_keys
 from apd.eval.metrics import psnr, ssim
-from apd.evaluation import measurement_set, run_evaluation
+from apd.evaluation import measurement_set, paired_differences, run_baseline, run_evaluation
+from apd.flows import condition_of
 from apd.eval.report import format_markdown, write_outputs
 from apd.measurements import split_key
 from apd.sampler import load_sampler
-from apd.training.flow import train_flow
-from apd.training.prior import train_prior
+from apd.training.flow import start_params, train_flow
+from apd.training.prior import load_prior, train_prior
 from configs import digits_denoise
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N, K = 4, 8
+N, K, B = 4, 8, 4
 
 
 def _config():
@@ -58,37 +61,66 @@ def workdir(tmp_path_factory):
 def evaluation(workdir):
     messages = []
     results = run_evaluation(
-        _config(), workdir, ["noise2score", "nope", "ddrm"], num_measurements=N, num_samples=K, log=messages.append
+        _config(), workdir, ["noise2score", "mcg", "ddrm"], num_measurements=N, num_samples=K, baseline_samples=B,
+        log=messages.append,
     )
     return results, messages
 
 
-def test_rows_metrics_and_messages(evaluation):
+def test_rows_at_equal_sample_counts_and_notes(evaluation):
     results, messages = evaluation
     test = results["sets"]["test"]
     rows = {(row["method"], row["samples"]): row for row in test["rows"]}
-    assert list(rows) == [("apd", 1), ("apd", K), ("noise2score", 1), ("ddrm", 1)]
-    assert messages[0].startswith("skipping unknown baseline 'nope'; known: cpigdm, ddrm, dps")
-    assert any(m.startswith("LPIPS omitted") for m in messages)
-    signals, truth = test["signals"], jnp.asarray(test["signals"]["truth"])
-    assert truth.shape == (N, 8, 8, 1)
-    np.testing.assert_array_equal(truth, load_dataset(_config().data).test[:N])
-    for (method, k), row in rows.items():
-        estimate = jnp.asarray(signals[f"{method}_x{k}"])
-        assert float(estimate.min()) >= 0 and float(estimate.max()) <= 1
-        assert row["psnr"] == pytest.approx(float(jnp.mean(psnr(estimate, truth))), rel=1e-6)
-        assert row["ssim"] == pytest.approx(float(jnp.mean(ssim(estimate, truth))), rel=1e-5)
-        assert row["mse"] == pytest.approx(float(jnp.mean((estimate - truth) ** 2)), rel=1e-5)
-        assert "lpips" not in row
-        assert row["time_s"] > 0 and row["time_128_s"] > 0
-    assert [rows[m]["nfe"] for m in rows] == [1, 1, 1, 5]
-    assert "std" not in rows["apd", 1] and "cov90" not in rows["ddrm", 1]
-    apd = rows["apd", K]
-    assert 0 < apd["std"] and all(0 <= apd[c] <= 1 for c in ("cov50", "cov90", "cov95"))
-    assert apd["cov50"] <= apd["cov90"] <= apd["cov95"]
-    assert signals["apd_samples"].shape == (N, 3, 8, 8, 1)
+    assert list(rows) == [("apd", 1), ("apd", B), ("apd", K), ("apd_start", 1), ("apd_start", B), ("apd_start", K),
+                          ("noise2score", 1), ("ddrm", 1), ("ddrm", B)]
+    assert "mcg left out: MCG does not apply to denoising: its correction acts in the null space of A, empty for A = I" in messages
+    assert any(m.startswith("apd_start: the flow before training") and "fit_output='prior'" in m for m in messages)
+    assert results["flow_step"] == 20
+    assert [rows[m]["nfe"] for m in rows] == [1] * 7 + [5, 5]
+    assert "std" not in rows["apd", 1] and "cov90" not in rows["ddrm", 1] and "std" not in rows["noise2score", 1]
+    for key in (("apd", B), ("ddrm", B)):
+        row = rows[key]
+        assert 0 < row["std"] and row["cov50"] <= row["cov90"] <= row["cov95"]
+    for row in rows.values():
+        low, high = row["psnr_ci95"]
+        assert low <= row["psnr"] <= high and high - low < 10
     # the noise2score estimate is the MMSE denoiser of y: closer to the truth than y itself
+    signals, truth = test["signals"], jnp.asarray(test["signals"]["truth"])
     assert rows["noise2score", 1]["psnr"] > float(jnp.mean(psnr(jnp.asarray(signals["y"]), truth)))
+    assert test["calibration"]["num_samples"] == B and set(test["calibration"]["curves"]) == {"apd", "apd_start", "ddrm"}
+    assert [c["k"] for c in test["comparisons"]] == [1, B] and all(c["baseline"] == "ddrm" for c in test["comparisons"])
+    assert [r["k"] for r in test["tweedie_reference"]] == [B, K]
+
+
+def test_baseline_draws_do_not_depend_on_the_batch(evaluation, workdir):
+    """Draw j of measurement i is fold_in(fold_in(key, i), j): measurement 2's first DDRM draw, computed alone."""
+    results, _ = evaluation
+    config = _config()
+    mset = measurement_set(config, load_dataset(config.data), "test", N)
+    op = jax.tree.map(lambda a: a[2:3], mset.ops)
+    prior = load_prior(workdir)
+    alone, _ = get_baseline("ddrm").solve(prior, op, mset.y[2:3], sample_keys(split_key(0, "eval/ddrm"), [2], 1), num_steps=5)
+    np.testing.assert_allclose(results["sets"]["test"]["signals"]["ddrm_x1"][2], jnp.clip(alone[0], 0, 1), atol=1e-5)
+
+
+def test_baseline_times_are_measured_on_batches_of_one_measurement(workdir, monkeypatch):
+    config = _config()
+    mset = measurement_set(config, load_dataset(config.data), "test", 3)
+    module = get_baseline("ddrm")
+    calls = []
+    solve = module.solve
+
+    def recording_solve(prior, operator, y, key, **settings):
+        calls.append((y.shape[0], bool(jnp.all(y == y[:1]))))
+        return solve(prior, operator, y, key, **settings)
+
+    monkeypatch.setattr(module, "solve", recording_solve)
+    run = run_baseline("ddrm", load_prior(workdir), mset, 2, {"num_steps": 5}, jax.random.PRNGKey(0), max_rows=4, progress=False)
+    # samples: 3 measurements x 2 draws in calls of 2 measurements (the last padded); then 1, 2 and 128 draws of
+    # measurement 0, each called twice (warm-up, timed)
+    assert calls == [(4, False), (4, True), (1, True), (1, True), (2, True), (2, True), (128, True), (128, True)]
+    assert run.samples.shape == (3, 2, 8, 8, 1) and set(run.seconds) == {1, 2} and run.seconds_128 > 0
+    np.testing.assert_array_equal(run.samples[2, 0] == run.samples[2, 1], np.zeros((8, 8, 1), bool))
 
 
 def test_generalization_gap_on_training_measurements(evaluation, workdir):
@@ -100,49 +132,85 @@ def test_generalization_gap_on_training_measurements(evaluation, workdir):
     samples = load_sampler(workdir).sample(mset.y, K, split_key(config.seed, "eval/apd"))
     train_psnr = float(jnp.mean(psnr(jnp.clip(jnp.mean(samples, 1), 0, 1), mset.x)))
     assert gap[f"x{K}"]["train_psnr"] == pytest.approx(train_psnr, rel=1e-5)
-    held_out = results["sets"]["test"]["rows"][1]["psnr"]
+    held_out = [r for r in results["sets"]["test"]["rows"] if r["method"] == "apd" and r["samples"] == K][0]["psnr"]
     assert gap[f"x{K}"]["gap_db"] == pytest.approx(train_psnr - held_out, rel=1e-5)
     assert "Generalization gap of APD" in format_markdown(results)
 
 
 def test_apd_reproduces_from_recorded_keys(evaluation, workdir):
+    """APD's rows, recomputed from samples drawn again with the recorded key (not from the saved arrays)."""
     results, _ = evaluation
     config = _config()
     assert results["seeds"]["measurements"] == {"test": "split_key(0, 'test')"}
     assert results["seeds"]["methods"]["apd"] == "split_key(0, 'eval/apd')"
     mset = measurement_set(config, load_dataset(config.data), "test", N)
     samples = load_sampler(workdir).sample(mset.y, K, split_key(config.seed, "eval/apd"))
-    signals = results["sets"]["test"]["signals"]
-    np.testing.assert_allclose(signals["apd_x1"], jnp.clip(samples[:, 0], 0, 1), atol=1e-6)
-    np.testing.assert_allclose(signals[f"apd_x{K}"], jnp.clip(jnp.mean(samples, 1), 0, 1), atol=1e-6)
-    np.testing.assert_allclose(signals["apd_std"], jnp.std(samples, 1), atol=1e-6)
-    np.testing.assert_allclose(signals["y"], jnp.clip(mset.y, 0, 1))
+    rows = {(row["method"], row["samples"]): row for row in results["sets"]["test"]["rows"]}
+    for k, estimate in ((1, samples[:, 0]), (B, jnp.mean(samples[:, :B], 1)), (K, jnp.mean(samples, 1))):
+        estimate = jnp.clip(estimate, 0, 1)
+        assert rows["apd", k]["psnr"] == pytest.approx(float(jnp.mean(psnr(estimate, mset.x))), rel=1e-5)
+        assert rows["apd", k]["ssim"] == pytest.approx(float(jnp.mean(ssim(estimate, mset.x))), rel=1e-4)
+    assert rows["apd", K]["std"] == pytest.approx(float(jnp.mean(jnp.std(samples, 1))), rel=1e-5)
+    np.testing.assert_allclose(results["sets"]["test"]["signals"]["y"], jnp.clip(mset.y, 0, 1))
+
+
+def test_apd_start_is_the_fitted_affine_gaussian(evaluation, workdir):
+    """Untrained couplings: the start's samples are g x0(y) + b + std z per entry, with the fitted g, b, std."""
+    results, _ = evaluation
+    config = _config()
+    sampler = load_sampler(workdir)
+    params = start_params(sampler.config, sampler.flow, sampler.family, load_prior(workdir), load_dataset(config.data).train)
+    mset = measurement_set(config, load_dataset(config.data), "test", N)
+    cond = jax.vmap(condition_of, in_axes=(None, 0))(sampler.family.draw(jax.random.PRNGKey(0)), mset.y)
+    x, logdet = sampler.flow.apply({"params": params}, jnp.zeros(mset.x.shape), cond)
+    gain, shift, log_scale = (params[k].reshape(mset.x.shape[1:]) for k in ("estimate_gain", "out_shift", "out_log_scale"))
+    np.testing.assert_allclose(x, gain * mset.y + shift, atol=1e-5)  # z = 0: the mean g x0(y) + b
+    np.testing.assert_allclose(logdet, jnp.full(N, jnp.sum(log_scale)), rtol=1e-5)  # per-entry std exp(log_scale)
+    start_x1 = [r for r in results["sets"]["test"]["rows"] if r["method"] == "apd_start" and r["samples"] == 1][0]
+    draws = load_sampler(workdir)
+    draws.params = params
+    first = draws.sample(mset.y, K, split_key(config.seed, "eval/apd_start"))[:, 0]
+    assert start_x1["psnr"] == pytest.approx(float(jnp.mean(psnr(jnp.clip(first, 0, 1), mset.x))), rel=1e-5)
 
 
 def test_files_written(evaluation, tmp_path):
     results, _ = evaluation
     paths = write_outputs(results, str(tmp_path))
-    assert sorted(paths) == ["results.csv", "results.json", "results.md", "test_figure.png", "test_signals.npz"]
+    assert sorted(paths) == ["results.csv", "results.json", "results.md", "test_calibration.png", "test_figure.png",
+                             "test_signals.npz"]
     with open(paths["results.csv"]) as f:
         lines = list(csv.DictReader(f))
-    assert [(r["set"], r["method"], r["samples"]) for r in lines] == [
-        ("test", "apd", "1"), ("test", "apd", str(K)), ("test", "noise2score", "1"), ("test", "ddrm", "1")
-    ]
-    assert float(lines[1]["psnr"]) == pytest.approx(results["sets"]["test"]["rows"][1]["psnr"])
-    assert lines[0]["std"] == "" and "lpips" not in lines[0]
+    assert [(r["method"], r["samples"]) for r in lines][:3] == [("apd", "1"), ("apd", str(B)), ("apd", str(K))]
+    assert lines[0]["std"] == "" and "lpips" not in lines[0] and "psnr_ci95" not in lines[0]
     with open(paths["results.json"]) as f:
         saved = json.load(f)
-    assert saved["sets"]["test"]["dataset"] == "digits" and "signals" not in saved["sets"]["test"]
-    assert saved["settings"]["baseline_settings"] == {"noise2score": {}, "ddrm": {"num_steps": 5}}
+    test = saved["sets"]["test"]
+    assert test["dataset"] == "digits" and "signals" not in test
+    assert len(test["rows"][0]["psnr_ci95"]) == 2 and saved["flow_step"] == 20
+    assert saved["settings"]["baseline_settings"] == {"noise2score": {}, "mcg": {}, "ddrm": {"num_steps": 5}}
     assert saved["config"]["operator"] == {"name": "denoise", "noise_std": 0.2}
     assert set(saved["versions"]) == {"python", "jax", "flax", "numpy", "device"}
-    with np.load(paths["test_signals.npz"]) as npz:
-        assert float(jnp.mean(psnr(npz[f"apd_x{K}"], npz["truth"]))) == pytest.approx(saved["sets"]["test"]["rows"][1]["psnr"])
     markdown = format_markdown(results)
     assert f"| APD (x{K}) |" in markdown and "| DDRM (x1) |" in markdown and "| Noise2Score (x1) |" in markdown
-    assert "skipping unknown baseline 'nope'" in markdown
-    # rows: truth, y, 3 APD samples, APD mean, std, Noise2Score, DDRM; columns: label + N measurements
-    assert plt.imread(paths["test_figure.png"]).shape[:2] == (900, 100 * (N + 1))
+    assert "APD x1 minus the best baseline at x1 (DDRM)" in markdown and "minus Noise2Score" in markdown
+    assert "![calibration](test_calibration.png)" in markdown
+    # rows: truth, y, 3 APD samples, APD mean, std, APD start, its mean, Noise2Score, DDRM, its mean
+    assert plt.imread(paths["test_figure.png"]).shape[:2] == (1200, 100 * (N + 1))
+
+
+def test_paired_differences_pick_the_best_baseline_at_equal_k():
+    rows = [
+        {"method": "apd", "samples": 1, "psnr": 20.0, "time_128_s": 0.5},
+        {"method": "dps", "samples": 1, "psnr": 21.0, "time_128_s": 50.0},
+        {"method": "ddrm", "samples": 1, "psnr": 19.0, "time_128_s": 5.0},
+        {"method": "noise2score", "samples": 1, "psnr": 30.0},
+    ]
+    per = {("apd", 1): {"psnr": np.array([20.0, 19.0, 21.0])}, ("dps", 1): {"psnr": np.array([21.0, 21.0, 21.0])},
+           ("ddrm", 1): {"psnr": np.array([19.0] * 3)}, ("noise2score", 1): {"psnr": np.array([30.0] * 3)}}
+    (entry,) = paired_differences(rows, per, (1, 4))
+    assert entry["k"] == 1 and entry["baseline"] == "dps" and entry["psnr_diff"] == pytest.approx(-1.0)
+    assert entry["time_128_ratio"] == pytest.approx(100.0)
+    assert entry["psnr_diff_ci95"][0] >= -2.0 - 1e-9 and entry["psnr_diff_ci95"][1] <= 0.0 + 1e-9
 
 
 def test_without_flow_and_unsupported_operator(workdir, tmp_path):
@@ -155,14 +223,16 @@ def test_without_flow_and_unsupported_operator(workdir, tmp_path):
         config, prior_only, ["noise2score", "ddrm"], num_measurements=2, log=messages.append, baseline_samples=3
     )
     assert messages[0] == f"no trained sampler in {prior_only}; evaluating baselines only"
-    assert "skipping noise2score: Noise2Score needs the denoising operator Denoise (A = I); Inpaint is not Denoise" in messages
+    assert "noise2score left out: Noise2Score needs the denoising operator Denoise (A = I); Inpaint is not Denoise" in messages
     rows = results["sets"]["test"]["rows"]
     assert [(r["method"], r["samples"]) for r in rows] == [("ddrm", 1), ("ddrm", 3)]
-    assert rows[0]["time_128_s"] == pytest.approx(128 * rows[0]["time_s"])
-    assert rows[1]["time_s"] == pytest.approx(3 * rows[0]["time_s"])
-    signals = results["sets"]["test"]["signals"]
-    assert signals["ddrm_x3"].shape == (2, 8, 8, 1) and "apd_x1" not in signals
-    assert 0 <= rows[1]["cov95"] <= 1 and rows[1]["std"] > 0
+    # observed entries of inpainting: y = x + noise is known up to s = 0.05, hidden ones only through the prior
+    assert 0 <= rows[1]["cov90_observed"] <= 1 and 0 <= rows[1]["cov90_hidden"] <= 1
+
+
+def test_unknown_baseline_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_evaluation(_config(), str(tmp_path), ["nope"], log=lambda m: None)
 
 
 def test_missing_prior_and_nothing_to_do(tmp_path):

@@ -271,3 +271,27 @@ def test_data_parallel_step_matches_single_device():
     assert abs(result["loss8"] - result["loss1"]) < 1e-5
     assert result["max_param_diff"] < 1e-5
     assert "batch size 6" in result["error"] and "8 devices" in result["error"]
+
+
+def test_output_fit_from_prior_samples_is_the_wiener_filter():
+    """fit_output='prior': pairs from an exact Gaussian prior (variance v per entry, no training signal), denoising
+    at s: the fitted gain is v / (v + s^2) and the shift (1 - gain) * mean, within the error of 512 pairs."""
+    from apd import flows
+    from apd.operators import make_operator_family
+    from apd.training.flow import output_fit_pairs
+
+    variance = np.array([0.01, 0.04, 0.09, 0.16])
+    prior = GaussianPrior.create(np.full(4, 0.5), np.diag(variance), signal_shape=(4, 1))
+    family = make_operator_family(ml_collections.ConfigDict(dict(name="denoise", noise_std=0.2)), (4, 1))
+    untouched = np.zeros((0, 4, 1))  # clean signals are not needed: an empty training set
+    x, estimate = output_fit_pairs("prior", 0, family, prior, untouched)
+    assert x.shape == estimate.shape == (512, 4, 1)
+    params = {"estimate_gain": jnp.ones(4), "out_shift": jnp.zeros(4), "out_log_scale": jnp.zeros(4)}
+    fitted = flows.fit_output(params, x, estimate)
+    gain = variance / (variance + 0.04)
+    np.testing.assert_allclose(fitted["estimate_gain"], gain, atol=0.06)
+    np.testing.assert_allclose(fitted["out_shift"], 0.5 * (1 - gain), atol=0.04)
+    np.testing.assert_allclose(np.exp(fitted["out_log_scale"]), np.sqrt(gain * 0.04), rtol=0.12)  # posterior std
+    assert output_fit_pairs("none", 0, family, prior, untouched) is None
+    with pytest.raises(ValueError, match="fit_output must be one of"):
+        output_fit_pairs("clean", 0, family, prior, untouched)

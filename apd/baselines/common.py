@@ -144,8 +144,23 @@ def require(operator, feature: str, method: str) -> None:
 
 
 def measurement_keys(key: jax.Array, n: int) -> jax.Array:
-    """Keys (n,) of the measurements: key_i = fold_in(key, i)."""
+    """Keys (n, 2) of the measurements: key_i = fold_in(key, i) for one key (2,), or `key` itself when it is
+    already (n, 2), one key per measurement (e.g. `sample_keys`, for several samples of each measurement)."""
+    key = jnp.asarray(key)
+    if key.ndim == 2:
+        if key.shape[0] != n:
+            raise ValueError(f"got {key.shape[0]} keys for {n} measurements")
+        return key
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n))
+
+
+def sample_keys(key: jax.Array, measurement_index: jax.Array, num_samples: int) -> jax.Array:
+    """Keys (n * num_samples, 2) for num_samples draws of each measurement: row i * num_samples + j is
+    fold_in(fold_in(key, index_i), j), so a draw depends only on its measurement's index and its number,
+    never on the batch it is computed in."""
+    per_measurement = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(measurement_index))
+    per_sample = jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, jnp.arange(num_samples)))
+    return per_sample(per_measurement).reshape(-1, 2)
 
 
 def map_measurements(solve_one: Callable, operator, y: jax.Array, key: jax.Array):

@@ -45,6 +45,8 @@ def solve(
     """
     common.require(operator, "linear", "MCG")
     common.require(operator, "pinv", "MCG")
+    if common.has_feature(operator, "denoise"):
+        raise ValueError("MCG does not apply to denoising: its correction acts in the null space of A, empty for A = I")
     if y_noise_time not in _NOISE_TIMES:
         raise ValueError(f"y_noise_time must be one of {_NOISE_TIMES}, got {y_noise_time!r}")
     samples = _solve(

@@ -6,7 +6,8 @@ its N signals in columns. Rows whose label is listed in `scaled` (default: "std"
 map scaled from 0 to that row's maximum, which is written under the label; other rows are clipped to
 [0, 1]. The pixel size is exact: width (LABEL_INCHES + ncols * cell width) * DPI, height nrows *
 CELL_INCHES * DPI; lat-lon cells are n_lon / n_lat times as wide as high, rounded to whole
-pixels. Each function writes the file (creating its folder) and returns its path.
+pixels. Each function writes the file (creating its folder) and returns its path. Calibration curves
+(coverage against interval level, one line per method) are a plain line plot.
 """
 from __future__ import annotations
 
@@ -227,3 +228,21 @@ def save_dataset_figure(path, dataset, rows) -> str:
     else:
         geometry = {}
     return save_signal_figure(path, dataset.kind, rows, **geometry)
+
+
+def save_calibration_curves(path, levels, curves: dict[str, list[float]], title: str = "") -> str:
+    """Coverage of central credible intervals against their level, one line per method, with the diagonal of
+    a calibrated posterior. levels (L,) in (0, 1); curves: {label: coverage (L,)}."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for label, values in curves.items():
+        ax.plot(levels, values, marker="o", markersize=3, linewidth=1.2, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("interval level")
+    ax.set_ylabel("fraction of truth entries inside")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)

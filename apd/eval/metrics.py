@@ -136,15 +136,16 @@ def posterior_std(samples: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="levels")
-def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS) -> jax.Array:
+def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS, where: jax.Array | None = None) -> jax.Array:
     """Empirical coverage of central credible intervals: samples (N, K, *S), truth (N, *S) -> (len(levels),).
 
-    levels: a tuple of floats in (0, 1) (static under jit).
+    levels: a tuple of floats in (0, 1) (static under jit). where: optional weights (0/1) broadcastable to
+    (N, *S), e.g. an observation mask: only the entries it selects are counted (NaN if it selects none).
 
     Each truth entry gets its position among its K samples, u = (#{s < truth} + #{s == truth} / 2 + 1/2)
     / (K + 1), i.e. the sample quantile level of the truth with the i / (K + 1) plotting position for the
     i-th smallest sample. It is inside the central l-interval when |u - 1/2| <= l / 2. The result is the
-    fraction of the N * prod(S) entries inside. For a calibrated posterior u is uniform on the K + 1 bin
+    fraction of the selected entries inside. For a calibrated posterior u is uniform on the K + 1 bin
     midpoints, so coverage equals l to within 1 / (K + 1) (plain linear sample quantiles would undercover
     by the factor (K - 1) / (K + 1)).
     """
@@ -154,16 +155,32 @@ def coverage(samples: jax.Array, truth: jax.Array, levels=COVERAGE_LEVELS) -> ja
     num_samples = samples.shape[1]
     below = jnp.sum(samples < truth[:, None], axis=1) + 0.5 * jnp.sum(samples == truth[:, None], axis=1)
     position = (below + 0.5) / (num_samples + 1)  # (N, *S)
+    weight = jnp.ones_like(position) if where is None else jnp.broadcast_to(jnp.asarray(where, position.dtype), position.shape)
     levels = jnp.asarray(levels, position.dtype)
     inside = jnp.abs(position.reshape(1, -1) - 0.5) <= levels[:, None] / 2
-    return jnp.mean(inside, axis=1)
+    return jnp.sum(inside * weight.reshape(1, -1), axis=1) / jnp.sum(weight)
 
 
 @functools.partial(jax.jit, static_argnames="levels")
-def calibration_error(samples: jax.Array, truth: jax.Array, levels=CALIBRATION_LEVELS) -> jax.Array:
-    """Mean absolute gap |coverage(l) - l| over the levels (default 0.05, ..., 0.95): a scalar, 0 if calibrated."""
+def calibration_error(samples: jax.Array, truth: jax.Array, levels=CALIBRATION_LEVELS, where: jax.Array | None = None) -> jax.Array:
+    """Mean absolute gap |coverage(l) - l| over the levels (default 0.05, ..., 0.95): a scalar, 0 if calibrated.
+
+    where: as in `coverage`, the entries counted."""
     levels_arr = jnp.asarray(levels)
-    return jnp.mean(jnp.abs(coverage(samples, truth, levels) - levels_arr))
+    return jnp.mean(jnp.abs(coverage(samples, truth, levels, where) - levels_arr))
+
+
+def bootstrap_ci(values, num_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval [low, high] of the mean of per-measurement values (N,): resample the N
+    measurements with replacement num_resamples times (NumPy, fixed seed), take the (1-level)/2 and
+    (1+level)/2 quantiles of the resampled means. One value gives [v, v]."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(num_resamples, values.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
 
 
 def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:

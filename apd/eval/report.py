@@ -4,7 +4,7 @@ In the output folder: results.md (one method x metric table per measurement set,
 (one line per set and row), results.json (rows, config, settings, seeds, package versions, notes), and per
 measurement set <set>_signals.npz (truth, shown y, every scored estimate, APD samples and std) and
 <set>_figure.png (rows truth, y, APD samples, APD mean, std, each baseline; images as a grid, mesh signals as
-renders, sphere signals as lat-lon maps).
+renders, sphere signals as lat-lon maps) and <set>_calibration.png (coverage against level per method).
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import os
 
 import numpy as np
 
-from apd.eval.figures import save_dataset_figure
+from apd.eval.figures import save_calibration_curves, save_dataset_figure
 
 DISPLAY_NAMES = {
     "apd": "APD",
+    "apd_start": "APD start (untrained)",
     "dps": "DPS",
     "mcg": "MCG",
     "pigdm": "PiGDM",
@@ -37,15 +38,19 @@ COLUMNS = (  # (row key, markdown header, number format)
     ("cov90", "cov 90%", "{:.3f}"),
     ("cov95", "cov 95%", "{:.3f}"),
     ("cal_err", "cal. err ↓", "{:.3f}"),
+    ("cov90_observed", "cov 90% obs.", "{:.3f}"),
+    ("cov90_hidden", "cov 90% hidden", "{:.3f}"),
+    ("cal_err_observed", "cal. err obs.", "{:.3f}"),
+    ("cal_err_hidden", "cal. err hidden", "{:.3f}"),
     ("nfe", "NFE", "{:d}"),
     ("time_s", "time / meas. (s)", "{:.3g}"),
     ("time_128_s", "time / 128 (s)", "{:.3g}"),
 )
 LEGEND = (
     "x1: the first sample; xK: the mean of K samples. PSNR, SSIM, MSE, LPIPS: means over measurements of the "
-    "estimate clipped to [0, 1]. std: posterior std, mean over entries. cov p%: fraction of truth entries inside "
+    "estimate clipped to [0, 1], with a 95% bootstrap interval over measurements in brackets. std: posterior std, mean over entries. cov p%: fraction of truth entries inside "
     "the central p% interval of the samples (p/100 when calibrated); cal. err: mean |coverage - level| over "
-    "levels 5%, ..., 95%. NFE: sequential network evaluations, each batched over all samples. Times: wall "
+    "levels 5%, ..., 95%; obs. / hidden: the same over observed / hidden entries only. NFE: sequential network evaluations, each batched over all samples. Times: wall "
     "seconds after compilation, per measurement (all measurements batched) and for 128 samples of one measurement."
 )
 FIGURE_COLUMNS = 8  # measurements shown in a figure
@@ -61,8 +66,11 @@ def present_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     return [col for col in COLUMNS if any(col[0] in row for row in rows)]
 
 
-def _cell(value, fmt: str) -> str:
-    return "–" if value is None else fmt.format(value)
+def _cell(value, fmt: str, interval=None) -> str:
+    if value is None:
+        return "–"
+    text = fmt.format(value)
+    return text if interval is None else f"{text} [{fmt.format(interval[0])}, {fmt.format(interval[1])}]"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -73,7 +81,7 @@ def markdown_table(rows: list[dict]) -> str:
         "|" + "---|" * (len(columns) + 1),
     ]
     for row in rows:
-        cells = [method_label(row)] + [_cell(row.get(key), fmt) for key, _, fmt in columns]
+        cells = [method_label(row)] + [_cell(row.get(key), fmt, row.get(f"{key}_ci95")) for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -91,9 +99,14 @@ def format_markdown(results: dict) -> str:
         f"{settings['baseline_samples']}; device {results['versions']['device']}.",
         "",
     ]
+    if results.get("flow_step") is not None:
+        lines += [f"APD flow: checkpoint at step {results['flow_step']}.", ""]
     for name, entry in results["sets"].items():
         lines += [f"## {name}: {entry['num_measurements']} measurements of {entry['dataset'].name}", ""]
         lines += [markdown_table(entry["rows"]) if entry["rows"] else "(no method ran)", ""]
+        lines += comparison_lines(entry)
+        if entry.get("calibration", {}).get("curves"):
+            lines += [f"![calibration]({name}_calibration.png)", ""]
     if results.get("generalization_gap"):
         lines += ["Generalization gap of APD (PSNR on the first training measurements, which the flow was trained on, "
                   "minus PSNR on the held-out ones above):", ""]
@@ -105,6 +118,19 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison_lines(entry: dict) -> list[str]:
+    """Markdown lines: APD minus the best baseline at equal k, and APD's mean against Noise2Score (denoising)."""
+    lines = []
+    for c in entry.get("comparisons", []):
+        ratio = f"; the baseline takes {c['time_128_ratio']:.3g}x APD's time for 128 samples" if "time_128_ratio" in c else ""
+        lines.append(f"- APD x{c['k']} minus the best baseline at x{c['k']} ({DISPLAY_NAMES.get(c['baseline'], c['baseline'])}): "
+                     f"{c['psnr_diff']:+.2f} dB [{c['psnr_diff_ci95'][0]:+.2f}, {c['psnr_diff_ci95'][1]:+.2f}]{ratio}")
+    for r in entry.get("tweedie_reference", []):
+        lines.append(f"- APD x{r['k']} minus Noise2Score (the prior's exact posterior mean): {r['psnr_diff']:+.2f} dB "
+                     f"[{r['psnr_diff_ci95'][0]:+.2f}, {r['psnr_diff_ci95'][1]:+.2f}]; MSE between them {r['mse_to_reference']:.2e}")
+    return lines + [""] if lines else []
+
+
 def write_csv(results: dict, path: str) -> str:
     """One line per (set, row): set, method, samples and every metric column any row has."""
     all_rows = [row for entry in results["sets"].values() for row in entry["rows"]]
@@ -114,7 +140,7 @@ def write_csv(results: dict, path: str) -> str:
         writer.writeheader()
         for name, entry in results["sets"].items():
             for row in entry["rows"]:
-                writer.writerow({"set": name, **row})
+                writer.writerow({"set": name, **{k: v for k, v in row.items() if k in fields}})
     return path
 
 
@@ -172,4 +198,10 @@ def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
         paths[os.path.basename(npz)] = npz
         png = save_dataset_figure(os.path.join(out_dir, f"{name}_figure.png"), entry["dataset"], figure_rows(entry))
         paths[os.path.basename(png)] = png
+        calibration = entry.get("calibration", {})
+        if calibration.get("curves"):
+            curves = {DISPLAY_NAMES.get(m, m): c for m, c in calibration["curves"].items()}
+            png = save_calibration_curves(os.path.join(out_dir, f"{name}_calibration.png"), calibration["levels"], curves,
+                                          f"{name}: coverage of central intervals, K = {calibration['num_samples']}")
+            paths[os.path.basename(png)] = png
     return paths

@@ -49,17 +49,40 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
     return init_train_state(params, tx, state_key)
 
 
-def fit_output_to_training_pairs(state: dict, family: OperatorFamily, measurement_key, train, num_pairs: int = 512):
-    """state with params and EMA params whose output map is fitted (`flows.fit_output`) to the first num_pairs
-    training signals and the estimates x0(y) of their measurements: the flow starts as the per-entry
-    affine-Gaussian q(x|y) that fits the training pairs best (train split only, the prior's own data)."""
-    n = min(num_pairs, len(train))
-    x = jnp.asarray(train[:n], jnp.float32)
-    ops, y = measure(family, measurement_key, x, jnp.arange(n))
-    params = flows.fit_output(state["params"], x, jax.vmap(lambda op, yy: op.estimate(yy))(ops, y))
-    sharding = jax.tree.leaves(state["params"])[0].sharding
-    params = jax.device_put(params, sharding)
-    return {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
+FIT_OUTPUT_MODES = ("prior", "data", "none")
+FIT_PAIRS = 512  # signal/measurement pairs the output map is fitted to
+
+
+def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS):
+    """(x (n,*S), x0(y) (n,*S)): the pairs the flow's output map is fitted to, or None for mode 'none'.
+
+    'prior': x = num_pairs samples of the prior (its own sampler, key split_key(seed, 'fit_output/prior')),
+      measured with split_key(seed, 'fit_output'): APD then needs only the prior and the operator.
+    'data': the first num_pairs clean training signals with their training measurements (split_key(seed,
+      'train')): uses clean signals beyond the prior's training, labelled as such in results.
+    """
+    if mode not in FIT_OUTPUT_MODES:
+        raise ValueError(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")
+    if mode == "none":
+        return None
+    if mode == "data":
+        x = jnp.asarray(train[: min(num_pairs, len(train))], jnp.float32)
+        key = split_key(seed, "train")
+    else:
+        x = jax.jit(prior.sample, static_argnums=1)(split_key(seed, "fit_output/prior"), num_pairs)
+        key = split_key(seed, "fit_output")
+    ops, y = measure(family, key, x, jnp.arange(x.shape[0]))
+    return x, jax.vmap(lambda op, yy: op.estimate(yy))(ops, y)
+
+
+def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, train) -> dict:
+    """The flow's parameters before its first step: the initialisation (key PRNGKey(seed + 7)) with the output
+    map fitted (`flows.fit_output`) to the pairs of config.flow.training.fit_output ('prior' by default).
+    Untrained couplings make this the per-entry affine-Gaussian q(x|y) = N(g x0(y) + b, diag(std^2))."""
+    tx = make_optimizer(config.flow.training)
+    params = jax.jit(lambda k: init_flow_state(flow, family, tx, k)["params"])(jax.random.PRNGKey(config.seed + 7))
+    pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train)
+    return params if pairs is None else flows.fit_output(params, *pairs)
 
 
 def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
@@ -126,7 +149,8 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
     if latest is not None:
         state = checkpointer.restore(state, latest)
     else:
-        state = fit_output_to_training_pairs(state, family, train_key, dataset.train)
+        params = jax.device_put(start_params(config, flow, family, prior, dataset.train), replicated(mesh))
+        state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
     if latest is not None and latest >= tcfg.num_steps:
         checkpointer.close()
         return flow, state["ema_params"]
@@ -167,8 +191,9 @@ def flow_exists(workdir: str) -> bool:
     return has_checkpoint(flow_dir(workdir), _checkpoint_dir(workdir))
 
 
-def load_flow(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
-    """(flow module, EMA params of the latest checkpoint, run config) from workdir/flow."""
+def load_flow(workdir: str, step: int | None = None) -> tuple[nn.Module, dict, ml_collections.ConfigDict, int]:
+    """(flow module, EMA params, run config, checkpoint step) from workdir/flow: the checkpoint of `step`
+    (default: the latest)."""
     if not flow_exists(workdir):
         raise FileNotFoundError(
             f"no trained sampler in {os.path.abspath(flow_dir(workdir))}: "
@@ -181,6 +206,6 @@ def load_flow(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]
     tx = make_optimizer(config.flow.training)
     template = jax.eval_shape(lambda k: init_flow_state(flow, family, tx, k), jax.random.PRNGKey(0))
     checkpointer = Checkpointer(_checkpoint_dir(workdir), config.flow.training.keep_checkpoints)
-    state = checkpointer.restore(template)
+    state = checkpointer.restore(template, step)
     checkpointer.close()
-    return flow, state["ema_params"], config
+    return flow, state["ema_params"], config, int(state["step"])
