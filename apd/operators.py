@@ -9,7 +9,8 @@ Common interface (x has shape S = `signal_shape`, y has shape `measurement_shape
   apply(x) -> y_clean            log_likelihood(y, x) -> scalar, nats, with every constant
   measure(key, x) -> y           condition(y) -> array the conditional flow sees (y, plus the mask where
   noise_std, num_measured         masks differ per measurement and the flow is told them)
-  estimate(y) -> S               a signal-space estimate x0(y) the flow starts from (pinv(y) if linear)
+  estimate(y) -> S               a signal-space estimate x0(y) the flow starts from: pinv(y) if linear, except
+                                 where the flow is not told the mask (Inpaint below): y itself
 Linear operators (`linear = True`) add adjoint(y) (exact A^T), pinv(y) (Moore-Penrose A^+; P = A^+ A is
 pinv(apply(x))), and where cheap the SVD form A = U diag(s) V^T:
   singular_values() -> s, shape S        v_t(x): S -> S (spectral coefficients), v(c): S -> S
@@ -95,6 +96,11 @@ class Inpaint(_Gaussian):
 
     mask: shape S, 1 where the entry is observed. show_mask: whether the flow's condition includes the mask
     (True when masks differ per measurement, False for a fixed mask or in blind mode).
+
+    The flow's inputs depend only on what it is told: condition(y) is y (and the mask if shown), and
+    estimate(y) is pinv(y) = mask * y if the mask is shown, else y itself. Every y from measure or apply is
+    already 0 where the mask is 0, so the two agree there: fixed-mask tasks are unchanged, and a blind
+    measurement's condition does not depend on which operator builds it (the sampler has no true mask).
     """
 
     mask: jax.Array
@@ -122,6 +128,10 @@ class Inpaint(_Gaussian):
 
     def condition(self, y):
         return jnp.concatenate([y, self.mask], axis=-1) if self.show_mask else y
+
+    def estimate(self, y):
+        """pinv(y) = mask * y if the flow is told the mask, else y (zero-filled already), shape S."""
+        return self.pinv(y) if self.show_mask else y
 
     def singular_values(self):
         return self.mask

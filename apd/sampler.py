@@ -26,7 +26,9 @@ class Sampler:
     """A trained conditional flow q(x | y) with its operator family.
 
     operator: needed only when each measurement has its own mask that the flow is told (per-measurement
-    inpainting); otherwise the task's fixed operator (or, in blind mode, none) is used.
+    inpainting); otherwise conditions come from the family's operator for PRNGKey(0): the task's fixed
+    operator, or in blind mode an Inpaint with show_mask=False, whose condition and estimate are y itself,
+    so its random mask has no effect and the condition equals the one training built with the true mask.
     """
 
     flow: nn.Module
@@ -65,8 +67,9 @@ class Sampler:
     def condition(self, y: jax.Array, operator=None) -> flows.FlowCondition:
         """The flow's condition for measurements y (N,*M).
 
-        operator: None for tasks with one fixed operator (or blind ones); else a batch of N operators
-        (leading axis N, e.g. from OperatorFamily.draw_batch) when each measurement has its own mask.
+        operator: None for tasks with one fixed operator or blind ones (see the class); else a batch of N
+        operators (leading axis N, e.g. from OperatorFamily.draw_batch) when each measurement has its own
+        mask that the flow is told.
         """
         if operator is None:
             if self.needs_operator:

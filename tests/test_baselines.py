@@ -3,6 +3,7 @@
 Every check compares with a closed form or a measured regression value; compiled samplers are shared through
 module-level fixtures (one compile per sampler and shape keeps the file fast).
 """
+import inspect
 import math
 import warnings
 
@@ -275,10 +276,17 @@ def reddiff_run(prior):
 
 
 def test_reddiff_fits_observed_and_refuses_no_pinv(prior, reddiff_run):
-    """With the default lam the observed entries stay near y (data term), missing ones move from A^+ y = 0."""
+    """With the default lam the observed entries stay near y (data term), missing ones move from A^+ y = 0.
+
+    Missing entries over the 8 keys, measured: spread 0.23, 0.27 (optimiser noise, a quarter of the posterior
+    std 0.91, 0.98), mean 0.36, -0.05 against the posterior mean 0.59, 0.12 (standard error of the mean 0.09).
+    """
     out = _flat(reddiff_run[0])
     assert np.abs(out[:, :2] - X_TRUE[:2]).max() < 0.1
-    assert np.abs(out[:, 2:]).min() > 0.0
+    mu, _ = _posterior(MASK, 0.05, MASK.ravel() * X_TRUE)
+    spread = out[:, 2:].std(0)
+    assert np.all((spread > 0.1) & (spread < 0.5)), spread
+    assert np.abs(out[:, 2:].mean(0) - mu[2:]).max() < 0.35
     with pytest.raises(ValueError, match="RED-diff needs an operator with a pseudo-inverse"):
         get_baseline("reddiff").solve(prior, _Square(), jnp.zeros((1,) + SHAPE), KEY)
 
@@ -351,8 +359,13 @@ def test_batch_invariance(name, request):
 
 
 def test_registry():
+    """Each name gives its module, whose solve takes (prior, operator, y, key, **settings); the numbers of each
+    solve are checked above through get_baseline."""
     assert set(BASELINES) == {"dps", "mcg", "pigdm", "cpigdm", "ddrm", "reddiff", "noise2score", "flow"}
-    assert get_baseline("ddrm").solve is not None
+    for name in BASELINES:
+        module = get_baseline(name)
+        assert module.__name__ == f"apd.baselines.{name}"
+        assert list(inspect.signature(module.solve).parameters)[:4] == ["prior", "operator", "y", "key"], name
     assert requirements("ddrm") == ("linear", "svd") and requirements("dps") == ()
     with pytest.raises(ValueError, match="unknown baseline 'ddpm'; known: cpigdm, ddrm, dps"):
         get_baseline("ddpm")

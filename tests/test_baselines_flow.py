@@ -102,7 +102,9 @@ def test_training_loss_levels(trained):
     standard error of 0.07; tolerance 0.25.
     """
     assert trained.loss.shape == (2, 2000) and np.all(np.isfinite(trained.loss))
-    assert trained.cond.features.shape == (2,) + SHAPE  # the constant condition: features y, estimate pinv(y)
+    # The constant condition: features y, estimate A^+ y = y (zero-filled inpainting).
+    np.testing.assert_array_equal(trained.cond.features, Y)
+    np.testing.assert_array_equal(trained.cond.estimate, MASK * Y)
     entropy_z = 2 * math.log(2 * math.pi * math.e)
     cov_y = COV[:2, :2] + NOISE**2 * np.eye(2)
     for i in range(2):

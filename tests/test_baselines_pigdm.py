@@ -139,7 +139,14 @@ def test_batch_invariance(module):
     alone = module.solve(prior, jax.tree.map(lambda a: a[:1], ops), ys[:1], key, num_steps=5)[0]
     np.testing.assert_allclose(alone[0], batch[0], atol=1e-6)
     assert batch.shape == (8, D, 1)
-    assert np.abs(np.asarray(batch[1:]) - np.asarray(batch[:1])).min() > 0  # measurements differ
+    # Each member solves its own measurement: with every member given measurement 0 instead (same keys), member 0
+    # is unchanged and the others move by max |dx| measured 0.36-1.80 (PiGDM), 0.36-1.56 (C-PiGDM).
+    def first(a):
+        return jnp.broadcast_to(a[:1], a.shape)
+
+    same = module.solve(prior, jax.tree.map(first, ops), first(ys), key, num_steps=5)[0]
+    gaps = np.abs(np.asarray(batch) - np.asarray(same)).max(axis=(1, 2))
+    assert gaps[0] == 0.0 and gaps[1:].min() > 0.2, gaps
 
 
 @pytest.mark.parametrize("module, name", [(pigdm, "PiGDM"), (cpigdm, "C-PiGDM")])

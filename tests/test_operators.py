@@ -294,11 +294,33 @@ def test_broadcast_operator_under_vmap(op):
     np.testing.assert_allclose(out[1], op.apply(x[1]), atol=1e-6)
 
 
-def test_estimates():
-    """estimate(y): the pseudo-inverse for linear operators; arctanh(y) / gain, clipped at tanh(3), for Saturate."""
-    sr = SuperResolution(2, 0.1, IMAGE)
-    y = _rand(3, sr.measurement_shape)
-    np.testing.assert_array_equal(sr.estimate(y), sr.pinv(y))
+SHOWN = Inpaint(random_mask(jax.random.PRNGKey(2), IMAGE, 0.4), 0.1, show_mask=True)
+
+
+@pytest.mark.parametrize("op", OPS + [SHOWN], ids=IDS + ["inpaint_shown"])
+def test_estimate_is_dense_pinv_of_measurement(op):
+    """estimate(y) = A^+ y for a measured y, A^+ the float64 pseudo-inverse of apply's dense matrix."""
+    y = op.measure(jax.random.PRNGKey(10), _rand(11, op.signal_shape))
+    a_pinv = np.linalg.pinv(_dense(op.apply, op.signal_shape))
+    expected = (a_pinv @ np.asarray(y, np.float64).ravel()).reshape(op.signal_shape)
+    np.testing.assert_allclose(op.estimate(y), expected, atol=1e-4)
+
+
+def test_inpaint_estimate_uses_the_mask_only_if_shown():
+    """Blind masks: estimate(y) = y whichever operator of the family computes it; a shown mask gives mask * y."""
+    fam = make_operator_family(_cfg(name="inpaint_blind", hidden_min=0.3, hidden_max=0.6), VERTEX)
+    ops = fam.draw_batch(jax.random.PRNGKey(0), 2)
+    assert float(jnp.abs(ops.mask[0] - ops.mask[1]).sum()) >= 2  # two different masks
+    y = jax.tree.map(lambda a: a[0], ops).measure(jax.random.PRNGKey(1), 1.0 + _rand(2, VERTEX))
+    estimates = jax.vmap(lambda op: op.estimate(y))(ops)
+    np.testing.assert_array_equal(estimates, jnp.stack([y, y]))
+    shown = Inpaint(ops.mask[1], 0.1, show_mask=True).estimate(y)
+    np.testing.assert_array_equal(shown, ops.mask[1] * y)
+    assert float(jnp.abs(shown - y).max()) > 0.1  # the shown mask zeroes entries the blind estimate keeps
+
+
+def test_saturate_estimate():
+    """arctanh(y) / gain, clipped at tanh(3)."""
     sat = Saturate(2.0, 0.1, (3, 1))
     x = jnp.array([[0.1], [-0.4], [5.0]])
     np.testing.assert_allclose(sat.estimate(sat.apply(x)), [[0.1], [-0.4], [1.5]], rtol=1e-4)

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from apd import flows
 from apd.flows import ConditionalRealNVP
+from apd.measurements import measure, split_key
+from apd.objective import repeat_batch
 from apd.operators import make_operator_family
 from apd.sampler import Sampler
 
@@ -61,3 +64,38 @@ def test_per_measurement_masks_need_the_operator():
     assert x.shape == (2, 3, 6, 1)
     single = sampler.sample(jnp.zeros(SHAPE), num_samples=3, operator=sampler.family.draw(jax.random.PRNGKey(4)))
     assert single.shape == (3, 6, 1)
+
+
+BLIND = dict(name="inpaint_blind", noise_std=0.1, hidden_min=0.3, hidden_max=0.6)
+
+
+def _blind_measurements(sampler, n=8):
+    """The true per-measurement operators (leading axis n) and y (n,*S), made as training makes them."""
+    x = 0.5 + jax.random.uniform(jax.random.PRNGKey(5), (n,) + SHAPE)
+    return measure(sampler.family, split_key(0, "test"), x, jnp.arange(n))
+
+
+def test_blind_condition_is_the_true_operators():
+    """Blind mode: the sampler, told no mask, builds the condition training built with the true mask."""
+    sampler = make_sampler(BLIND)
+    ops, y = _blind_measurements(sampler)
+    masks = np.asarray(ops.mask)
+    assert len({m.tobytes() for m in masks}) >= 6  # several measurements, several masks
+    reference = np.asarray(sampler.family.draw(jax.random.PRNGKey(0)).mask)
+    assert np.abs(np.asarray(y) * (1 - reference)).max() > 0.5  # y is observed where the reference mask hides
+    true = jax.vmap(flows.condition_of)(ops, y)
+    got = sampler.condition(y)
+    np.testing.assert_array_equal(got.features, true.features)
+    np.testing.assert_array_equal(got.estimate, true.estimate)
+    np.testing.assert_array_equal(got.estimate, y)  # zero-filled y: the estimate of training's true operator
+
+
+def test_blind_samples_ignore_the_reference_mask():
+    """Samples for blind measurements equal the flow's samples under the true operators' conditions (same key)."""
+    sampler = make_sampler(BLIND)
+    ops, y = _blind_measurements(sampler)
+    key = jax.random.PRNGKey(6)
+    x = sampler.sample(y, num_samples=4, key=key)
+    cond = repeat_batch(jax.vmap(flows.condition_of)(ops, y), 4)
+    expected = flows.sample(sampler.flow, sampler.params, key, cond).reshape((8, 4) + SHAPE)
+    np.testing.assert_allclose(x, expected, atol=1e-6)

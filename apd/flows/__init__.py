@@ -4,10 +4,10 @@ A flow module maps z (B,*S) and a condition c to x (B,*S) with log|det dx/dz| (B
 in `inverse`. The functions below turn one into q(x | c).
 
 The condition is either an array (B,*C) of features or a `FlowCondition`: the features plus a signal-space
-estimate x0(y) (B,*S) (the operator's pseudo-inverse), which the flow adds at its output through a per-entry
-gain initialised to 1. An untrained flow then already puts x near x0(y), and `fit_output` fits that gain and
-the final affine map to training pairs, so training starts from the best per-entry affine-Gaussian q(x|y)
-instead of from x = z.
+estimate x0(y) (B,*S) (the operator's `estimate`, its pseudo-inverse where linear), which the flow adds at its
+output through a per-entry gain initialised to 1. An untrained flow then already puts x near x0(y), and
+`fit_output` fits that gain and the final affine map to training pairs, so training starts from the best
+per-entry affine-Gaussian q(x|y) instead of from x = z.
 """
 from __future__ import annotations
 
