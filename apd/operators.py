@@ -18,7 +18,8 @@ pinv(apply(x))), and where cheap the SVD form A = U diag(s) V^T:
 so apply(x) == u(singular_values() * v_t(x)). The spectral shape is always the signal shape S; entries of
 the null space carry singular value 0.
 
-Operators: Denoise, Inpaint (random_mask or box_mask), SuperResolution, GaussianBlur, Saturate (nonlinear).
+Operators: Denoise, Inpaint (random_mask or box_mask), SuperResolution, GaussianBlur, Matrix (a dense M on the
+flattened signal), Saturate (nonlinear).
 
 `OperatorFamily.draw(key)` gives the operator of one measurement: fixed operators ignore the key; random
 masks drawn per measurement come from it, reproducibly.
@@ -315,6 +316,80 @@ class GaussianBlur(_FullMeasurement):
         s = self.singular_values().astype(y.dtype)
         kept = s > 0
         return self.v(jnp.where(kept, self.u_t(y) / jnp.where(kept, s, 1.0), 0.0))
+
+
+@struct.dataclass
+class Matrix(_Gaussian):
+    """y = M x_flat + n for a dense matrix M (m, d) acting on the flattened signal of shape S, d = prod(S); y (m,).
+
+    Build it with `Matrix.create`, which computes the SVD M = U diag(s) V^T once in float64 NumPy. Every array
+    is a leaf, so operators with different matrices batch along a leading axis. Spectral layout: the d
+    coefficients V^T x_flat in order of decreasing singular value, reshaped to S; singular values below
+    max(m, d) * eps * s_max (NumPy's rank tolerance) are 0, and so are the d - m entries past the m-th.
+    """
+
+    matrix: jax.Array  # M (m, d)
+    left: jax.Array  # U (m, m)
+    spectrum: jax.Array  # s padded with zeros to d entries, shape S
+    right: jax.Array  # V (d, d)
+    inverse: jax.Array  # the Moore-Penrose inverse V diag(1/s) U^T over the nonzero s, (d, m)
+    noise_std: float = struct.field(pytree_node=False)
+    signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    linear = True
+
+    @classmethod
+    def create(cls, matrix, noise_std: float, signal_shape: tuple[int, ...] | None = None) -> "Matrix":
+        """The operator of matrix (m, d) on signals of shape signal_shape (default (d,))."""
+        a = np.asarray(matrix, np.float64)
+        if a.ndim != 2:
+            raise ValueError(f"Matrix needs a 2-D matrix (m, d), got shape {a.shape}")
+        shape = tuple(signal_shape) if signal_shape is not None else (a.shape[1],)
+        if math.prod(shape) != a.shape[1]:
+            raise ValueError(f"a matrix with {a.shape[1]} columns cannot act on signals of shape {shape}")
+        u, s, vt = np.linalg.svd(a)
+        s = np.where(s > max(a.shape) * np.finfo(np.float64).eps * s.max(initial=0.0), s, 0.0)
+        spectrum = np.zeros(a.shape[1])
+        spectrum[: s.size] = s
+        kept = s > 0
+        inverse = (vt[: s.size][kept].T / s[kept]) @ u[:, : s.size][:, kept].T
+        leaves = (a, u, spectrum.reshape(shape), vt.T, inverse)
+        return cls(*(jnp.asarray(leaf, jnp.float32) for leaf in leaves), noise_std=float(noise_std), signal_shape=shape)
+
+    @property
+    def measurement_shape(self):
+        return self.matrix.shape[-2:-1]
+
+    @property
+    def num_measured(self) -> int:
+        return self.matrix.shape[-2]
+
+    def apply(self, x):
+        return self.matrix @ x.reshape(-1)
+
+    def adjoint(self, y):
+        return (self.matrix.T @ y).reshape(self.signal_shape)
+
+    def pinv(self, y):
+        return (self.inverse @ y).reshape(self.signal_shape)
+
+    def singular_values(self):
+        return self.spectrum
+
+    def v_t(self, x):
+        return (self.right.T @ x.reshape(-1)).reshape(self.signal_shape)
+
+    def v(self, c):
+        return (self.right @ c.reshape(-1)).reshape(self.signal_shape)
+
+    def u_t(self, y):
+        """U^T y in the first min(m, d) spectral entries, zeros after (components beyond d have s = 0: dropped)."""
+        k = min(self.matrix.shape[-2:])
+        d = self.matrix.shape[-1]
+        return jnp.zeros(d, y.dtype).at[:k].set((self.left.T @ y)[:k]).reshape(self.signal_shape)
+
+    def u(self, c):
+        k = min(self.matrix.shape[-2:])
+        return self.left[:, :k] @ c.reshape(-1)[:k]
 
 
 @struct.dataclass

@@ -11,6 +11,7 @@ from apd.operators import (
     Denoise,
     GaussianBlur,
     Inpaint,
+    Matrix,
     Saturate,
     SuperResolution,
     _blur_factors,
@@ -34,6 +35,8 @@ def _linear_ops():
         ("sr2", SuperResolution(2, 0.1, IMAGE)),
         ("sr4", SuperResolution(4, 0.1, IMAGE)),
         ("blur", GaussianBlur(5, 0.7, 0.1, IMAGE, threshold=0.0)),
+        ("matrix_wide", Matrix.create(np.random.RandomState(0).randn(3, 8), 0.1, (4, 2))),
+        ("matrix_tall", Matrix.create(np.random.RandomState(1).randn(9, 6), 0.1, (6, 1))),
     ]
 
 
@@ -285,8 +288,12 @@ def test_family_fixed_operators():
         make_operator_family(_cfg(name="blur"), shape)
 
 
-@pytest.mark.parametrize("op", [SuperResolution(2, 0.1, IMAGE), GaussianBlur(3, 1.0, 0.1, IMAGE), Saturate(2.0, 0.1, IMAGE)],
-                         ids=["sr", "blur", "saturate"])
+@pytest.mark.parametrize(
+    "op",
+    [SuperResolution(2, 0.1, IMAGE), GaussianBlur(3, 1.0, 0.1, IMAGE), Saturate(2.0, 0.1, IMAGE),
+     Matrix.create(np.random.RandomState(2).randn(5, 128), 0.1, IMAGE)],
+    ids=["sr", "blur", "saturate", "matrix"],
+)
 def test_broadcast_operator_under_vmap(op):
     ops = broadcast_operator(op, 3)
     x = _rand(9, (3,) + IMAGE)
@@ -325,3 +332,42 @@ def test_saturate_estimate():
     x = jnp.array([[0.1], [-0.4], [5.0]])
     np.testing.assert_allclose(sat.estimate(sat.apply(x)), [[0.1], [-0.4], [1.5]], rtol=1e-4)
     assert float(sat.estimate(jnp.array([[1.3]]))[0, 0]) == pytest.approx(1.5, rel=1e-4)
+
+
+def test_matrix_numbers_and_likelihood():
+    """M = [[3, 4, 0]] on (3, 1): s = (5, 0, 0), v_1 = (0.6, 0.8, 0), A^+ y = (0.12, 0.16, 0) y; pinned likelihood."""
+    op = Matrix.create([[3.0, 4.0, 0.0]], 0.5, (3, 1))
+    x = jnp.array([[1.0], [1.0], [2.0]])
+    np.testing.assert_allclose(op.apply(x), [7.0])
+    np.testing.assert_allclose(op.singular_values()[:, 0], [5.0, 0.0, 0.0])
+    np.testing.assert_allclose(abs(op.v_t(x)[0, 0]), 1.4, rtol=1e-6)  # <(0.6, 0.8, 0), x>, up to the SVD's sign
+    np.testing.assert_allclose(op.pinv(jnp.array([10.0]))[:, 0], [1.2, 1.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(op.adjoint(jnp.array([2.0]))[:, 0], [6.0, 8.0, 0.0])
+    assert op.measurement_shape == (1,) and op.num_measured == 1 and op.estimate(jnp.array([10.0])).shape == (3, 1)
+    np.testing.assert_allclose(op.u_t(jnp.array([2.0]))[1:, 0], [0.0, 0.0])  # no measurement behind entries 1, 2
+    # residual 8 - 7 = 1: -0.5 * 1 / 0.25 - 0.5 * log(2 pi 0.25)
+    expected = -2.0 - 0.5 * math.log(math.pi / 2)
+    np.testing.assert_allclose(float(op.log_likelihood(jnp.array([8.0]), x)), expected, rtol=1e-6)
+    # A random 4 x 6 case against log N(y; M x, s^2 I) written out with the dense matrix.
+    rng = np.random.RandomState(3)
+    m, xr, yr = rng.randn(4, 6), rng.randn(6, 1), rng.randn(4)
+    op = Matrix.create(m, 0.3, (6, 1))
+    expected = _closed_form_gaussian(yr, m @ xr[:, 0], 0.3, 4)
+    np.testing.assert_allclose(float(op.log_likelihood(jnp.asarray(yr), jnp.asarray(xr))), expected, rtol=1e-5)
+
+
+def test_matrix_rank_deficient_and_batched():
+    """A rank-2 matrix (4 x 6) has two nonzero singular values; pinv is NumPy's; per-measurement matrices vmap."""
+    rng = np.random.RandomState(4)
+    m = rng.randn(4, 2) @ rng.randn(2, 6)
+    op = Matrix.create(m, 0.1, (6, 1))
+    s = np.asarray(op.singular_values())[:, 0]
+    assert np.all(s[:2] > 0.1) and np.all(s[2:] == 0.0)
+    np.testing.assert_allclose(_dense(op.pinv, (4,)), np.linalg.pinv(m, rcond=1e-10), atol=1e-5)
+    x = _rand(10, (6, 1))
+    np.testing.assert_allclose(op.u(op.singular_values() * op.v_t(x)), op.apply(x), atol=1e-5)
+    ops = jax.tree.map(lambda *a: jnp.stack(a), op, Matrix.create(2.0 * m, 0.1, (6, 1)))
+    out = jax.vmap(lambda o: o.apply(x))(ops)
+    np.testing.assert_allclose(out[1], 2.0 * op.apply(x), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"6 columns cannot act on signals of shape \(4, 1\)"):
+        Matrix.create(m, 0.1, (4, 1))

@@ -1,4 +1,5 @@
-"""Evaluation: metrics (PSNR, SSIM, LPIPS, FID, calibration) and figures (image grids, mesh and map renders)."""
+"""Evaluation: metrics (PSNR, SSIM, LPIPS, FID, calibration, sliced Wasserstein, bootstrap intervals) and figures
+(image grids, mesh and map renders)."""
 from apd.eval.figures import (
     save_image_grid,
     save_latlon_maps,
@@ -7,6 +8,7 @@ from apd.eval.figures import (
     save_sphere_renders,
 )
 from apd.eval.metrics import (
+    bootstrap_interval,
     calibration_error,
     coverage,
     fid_from_features,
@@ -18,10 +20,13 @@ from apd.eval.metrics import (
     posterior_std,
     psnr,
     ssim,
+    sliced_wasserstein,
     ssim_window_size,
+    unit_directions,
 )
 
 __all__ = [
+    "bootstrap_interval",
     "calibration_error",
     "coverage",
     "fid_from_features",
@@ -34,6 +39,8 @@ __all__ = [
     "psnr",
     "ssim",
     "ssim_window_size",
+    "sliced_wasserstein",
+    "unit_directions",
     "save_image_grid",
     "save_latlon_maps",
     "save_mesh_renders",

@@ -15,6 +15,12 @@ from flax import struct
 from apd.sde import VPSDE
 
 
+def _covariance(eigvals, eigvecs) -> np.ndarray:
+    """U diag(lam) U^T in float64 from eigenvalues (..., d) and eigenvector columns (..., d, d)."""
+    lam, vecs = np.asarray(eigvals, np.float64), np.asarray(eigvecs, np.float64)
+    return np.einsum("...ij,...j,...kj->...ik", vecs, lam, vecs)
+
+
 def _eigh(cov: np.ndarray) -> tuple[jax.Array, jax.Array]:
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
@@ -23,6 +29,25 @@ def _eigh(cov: np.ndarray) -> tuple[jax.Array, jax.Array]:
     if lam.min() <= 0:
         raise ValueError(f"covariance must be positive definite; smallest eigenvalue {lam.min():.3g}")
     return jnp.asarray(lam, jnp.float32), jnp.asarray(vecs, jnp.float32)
+
+
+def _linear_gaussian_posterior(mean, cov, matrix, y, noise_std: float):
+    """Posterior of x ~ N(mean, cov) given y = matrix @ x + N(0, noise_std^2 I), float64 NumPy.
+
+    mean (d,), cov (d, d), matrix (m, d), y (m,). Returns (posterior mean (d,), posterior cov (d, d),
+    log N(y; matrix mean, matrix cov matrix^T + noise_std^2 I) in nats): Sigma = (C^-1 + A^T A / s^2)^-1,
+    mu = Sigma (C^-1 m + A^T y / s^2).
+    """
+    a = np.asarray(matrix, np.float64)
+    mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+    y = np.asarray(y, np.float64).ravel()
+    prec = np.linalg.inv(cov)
+    post_cov = np.linalg.inv(prec + a.T @ a / noise_std**2)
+    post_mean = post_cov @ (prec @ mean + a.T @ y / noise_std**2)
+    y_cov = a @ cov @ a.T + noise_std**2 * np.eye(a.shape[0])
+    r = y - a @ mean
+    log_evidence = -0.5 * (r @ np.linalg.solve(y_cov, r) + np.linalg.slogdet(y_cov)[1] + len(y) * math.log(2 * math.pi))
+    return post_mean, post_cov, log_evidence
 
 
 @struct.dataclass
@@ -81,11 +106,8 @@ class GaussianPrior:
 
         matrix: (m, d); y: (m,). Sigma = (C^-1 + A^T A / s^2)^-1, mu = Sigma (C^-1 m + A^T y / s^2).
         """
-        a = np.asarray(matrix, np.float64)
-        lam, vecs = np.asarray(self.eigvals, np.float64), np.asarray(self.eigvecs, np.float64)
-        prec = (vecs / lam) @ vecs.T
-        cov = np.linalg.inv(prec + a.T @ a / noise_std**2)
-        mean = cov @ (prec @ np.asarray(self.mean, np.float64) + a.T @ np.asarray(y, np.float64).ravel() / noise_std**2)
+        cov = _covariance(self.eigvals, self.eigvecs)
+        mean, cov, _ = _linear_gaussian_posterior(self.mean, cov, matrix, y, noise_std)
         return GaussianPrior.create(mean, cov, self.signal_shape, self.sde)
 
 
@@ -139,11 +161,32 @@ class GaussianMixturePrior:
         resp = jax.nn.softmax(self.log_weights + log_comp, axis=1)
         return jnp.einsum("bk,bkd->bd", resp, scores).reshape(x.shape)
 
-    def log_prob(self, x: jax.Array) -> jax.Array:
+    def _log_joint(self, x):
+        """log w_k + log N(x; m_k, C_k), (B,*S) -> (B,K)."""
         flat = x.reshape(x.shape[0], self.dim)
-        ones, zeros = jnp.ones(flat.shape[0]), jnp.zeros(flat.shape[0])
-        log_comp, _ = self._component_terms(flat, ones, zeros)
-        return jax.nn.logsumexp(self.log_weights + log_comp, axis=1)
+        log_comp, _ = self._component_terms(flat, jnp.ones(flat.shape[0]), jnp.zeros(flat.shape[0]))
+        return self.log_weights + log_comp
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        return jax.nn.logsumexp(self._log_joint(x), axis=1)
+
+    def responsibilities(self, x: jax.Array) -> jax.Array:
+        """p(component k | x), (B,*S) -> (B,K)."""
+        return jax.nn.softmax(self._log_joint(x), axis=1)
+
+    def posterior(self, matrix, y, noise_std: float) -> "GaussianMixturePrior":
+        """The exact posterior p(x | y) for y = matrix @ x + N(0, noise_std^2 I), as a GaussianMixturePrior (float64).
+
+        matrix: (m, d); y: (m,). Component k keeps its Gaussian posterior (see GaussianPrior.posterior) with
+        weight proportional to w_k N(y; A m_k, A C_k A^T + s^2 I).
+        """
+        covs = _covariance(self.eigvals, self.eigvecs)
+        parts = [_linear_gaussian_posterior(m, c, matrix, y, noise_std) for m, c in zip(np.asarray(self.means), covs)]
+        means, post_covs, log_evidence = (np.stack(v) for v in zip(*parts))
+        log_w = np.asarray(self.log_weights, np.float64) + log_evidence
+        log_w -= np.logaddexp.reduce(log_w)
+        mixture = GaussianMixturePrior.create(np.ones(len(log_w)), means, post_covs, self.signal_shape, self.sde)
+        return mixture.replace(log_weights=jnp.asarray(log_w, jnp.float32))
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         k_comp, k_z = jax.random.split(key)
