@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from apd import flows
 from apd.baselines import get_baseline
-from apd.eval.metrics import bootstrap_interval, sliced_wasserstein
+from apd.eval.metrics import bootstrap_ci, sliced_wasserstein
 from apd.evaluation import MeasurementSet, run_baseline
 from apd.flows import ConditionalRealNVP
 from apd.measurements import measure, split_key
@@ -143,7 +143,7 @@ def exact_reference(prior, op, y, num_samples: int, seed: int):
 
 
 def summary(values) -> dict:
-    low, high = bootstrap_interval(values)
+    low, high = bootstrap_ci(values)
     return {"mean": float(np.mean(values)), "ci95": [low, high]}
 
 

@@ -8,7 +8,7 @@ from apd.eval.figures import (
     save_sphere_renders,
 )
 from apd.eval.metrics import (
-    bootstrap_interval,
+    bootstrap_ci,
     calibration_error,
     coverage,
     fid_from_features,
@@ -26,7 +26,7 @@ from apd.eval.metrics import (
 )
 
 __all__ = [
-    "bootstrap_interval",
+    "bootstrap_ci",
     "calibration_error",
     "coverage",
     "fid_from_features",

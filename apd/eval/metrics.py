@@ -206,15 +206,6 @@ def sliced_wasserstein(a, b, num_directions: int = 128, seed: int = 0) -> float:
     return float(np.sqrt(np.mean((proj_a - proj_b) ** 2)))
 
 
-def bootstrap_interval(values, level: float = 0.95, num_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of values (N,): resample N with replacement, num_resamples times."""
-    values = np.asarray(values, np.float64)
-    picks = np.random.default_rng(seed).integers(0, len(values), (num_resamples, len(values)))
-    means = values[picks].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
     """Frechet distance between N(mean_a, cov_a) and N(mean_b, cov_b), in float64:
 
