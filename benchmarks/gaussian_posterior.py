@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from apd.eval.metrics import coverage
-from apd.flows import ConditionalRealNVP, normal_log_prob
+from apd.flows import ConditionalRealNVP, condition_of, normal_log_prob
 from apd.objective import apd_loss, apd_terms
 from apd.operators import Inpaint, broadcast_operator
 from apd.priors import GaussianPrior
@@ -82,7 +82,8 @@ def main():
     kls, mean_err, std_err, samples = [], [], [], []
     for i in range(args.num_test):
         z = jax.random.normal(jax.random.PRNGKey(1000 + i), (args.samples, args.dim, 1))
-        x, logdet = draw(state["ema_params"], z, jnp.repeat(y[i : i + 1], args.samples, axis=0))
+        cond = jax.vmap(condition_of, in_axes=(None, 0))(op, jnp.repeat(y[i : i + 1], args.samples, axis=0))
+        x, logdet = draw(state["ema_params"], z, cond)  # the condition training used: y and its estimate
         post = prior.posterior(a, np.asarray(y[i, :, 0]), args.noise_std)
         kls.append(float(jnp.mean(normal_log_prob(z) - logdet - post.log_prob(x))))
         mean_err.append(float(jnp.sqrt(jnp.mean((jnp.mean(x, 0)[:, 0] - post.mean) ** 2))))
