@@ -1,7 +1,10 @@
 """Bunny-MNIST inpainting: 30% of the 1,889 vertices hidden (one fixed mask), s = 0.1. CPU: ~75 min in all.
 
     python train.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint
-    python evaluate.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint --baselines dps,mcg
+    python benchmarks/tune_baseline.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint \
+        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff --out docs/results/bunny_mnist_inpaint/tuning.json
+    python evaluate.py --config configs/bunny_mnist_inpaint.py --workdir runs/bunny_mnist_inpaint \
+        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff --num_measurements 128 --baseline_samples 32
 """
 from ml_collections import ConfigDict
 
