@@ -18,7 +18,7 @@ from apd.eval.figures import save_calibration_curves, save_dataset_figure
 
 DISPLAY_NAMES = {
     "apd": "APD",
-    "apd_start": "APD start (untrained)",
+    "apd_start": "APD start",
     "dps": "DPS",
     "mcg": "MCG",
     "pigdm": "PiGDM",
@@ -47,7 +47,7 @@ COLUMNS = (  # (row key, markdown header, number format)
     ("time_128_s", "time / 128 (s)", "{:.3g}"),
 )
 LEGEND = (
-    "x1: the first sample; xK: the mean of K samples. PSNR, SSIM, MSE, LPIPS: means over measurements of the "
+    "x1: the first sample; xK: the mean of K samples. APD start: the flow before training (its output fit only). PSNR, SSIM, MSE, LPIPS: means over measurements of the "
     "estimate clipped to [0, 1], with a 95% bootstrap interval over measurements in brackets. std: posterior std, mean over entries. cov p%: fraction of truth entries inside "
     "the central p% interval of the samples (p/100 when calibrated); cal. err: mean |coverage - level| over "
     "levels 5%, ..., 95%; obs. / hidden: the same over observed / hidden entries only. NFE: sequential network evaluations, each batched over all samples. Times: wall "
