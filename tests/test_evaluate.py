@@ -19,7 +19,7 @@ from apd.data import load_dataset
 from apd.baselines import get_baseline
 from apd.baselines.common import sample_keys
 from apd.eval.metrics import psnr, ssim
-from apd.evaluation import measurement_set, paired_differences, run_baseline, run_evaluation
+from apd.evaluation import measurement_set, paired_differences, run_baseline, run_evaluation, start_sampler
 from apd.flows import condition_of
 from apd.eval.report import format_markdown, write_outputs
 from apd.measurements import split_key
@@ -273,3 +273,12 @@ def test_ood_set_must_match_the_signal_shape(workdir):
     _ffhq_or_skip()
     with pytest.raises(ValueError, match=r"ffhq32 signals are \(32, 32, 3\), the task's are \(8, 8, 1\)"):
         run_evaluation(_config(), workdir, [], ood="ffhq32", log=lambda m: None)
+
+
+def test_start_without_output_fit_is_the_initialisation(workdir):
+    config = _config()
+    sampler = load_sampler(workdir)
+    start = start_sampler(sampler, load_prior(workdir), load_dataset(config.data), "none")
+    np.testing.assert_array_equal(start.params["estimate_gain"], np.ones(64))
+    np.testing.assert_array_equal(start.params["out_shift"], np.zeros(64))
+    assert start.step == 0
