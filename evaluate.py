@@ -32,6 +32,8 @@ flags.DEFINE_integer("baseline_samples", 32, "Samples per measurement for each b
 flags.DEFINE_integer("flow_step", None, "Flow checkpoint to evaluate (default: the latest); recorded in results.json.")
 flags.DEFINE_enum("ood", None, ["ffhq32"], "Also measure this out-of-distribution data set (CelebA tasks).")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/eval).")
+flags.DEFINE_string("cache_dir", None, "Baseline runs saved as they finish and reused by a rerun with the same "
+                    "settings (default: <workdir>/eval_cache; 'none' to disable).")
 FLAGS = flags.FLAGS
 
 
@@ -54,6 +56,7 @@ def main(argv):
             baseline_samples=FLAGS.baseline_samples,
             ood=FLAGS.ood,
             flow_step=FLAGS.flow_step,
+            cache_dir=None if FLAGS.cache_dir == "none" else FLAGS.cache_dir or os.path.join(workdir, "eval_cache"),
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

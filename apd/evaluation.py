@@ -33,7 +33,10 @@ trained on (split_key(seed, 'train'), as in training); the gap is PSNR(train) - 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
+import json
+import os
 import platform
 import time
 from typing import Any, Callable
@@ -198,6 +201,35 @@ def run_baseline(
             if k in (1, num_samples):
                 seconds[k] = elapsed
     return MethodRun(name, samples, int(nfe), seconds, seconds_128)
+
+
+def _fingerprint(tree) -> str:
+    """A short hash of a pytree's arrays (e.g. the prior's parameters): identical arrays, identical hash."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_run(cache_dir: str | None, identity: dict, compute: Callable[[], MethodRun]) -> tuple[MethodRun, bool]:
+    """(run, reused): a baseline run saved under cache_dir by an earlier evaluation with the same identity (method,
+    settings, measurement set, sample count, keys, prior), else compute() saved there. A long evaluation that is
+    stopped resumes at the first method it had not finished. cache_dir None: always compute."""
+    if cache_dir is None:
+        return compute(), False
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = os.path.join(cache_dir, f"{identity['set']}_{identity['method']}_{name}.npz")
+    if os.path.exists(path):
+        with np.load(path) as saved:
+            seconds = dict(zip(saved["seconds_k"].tolist(), saved["seconds_v"].tolist()))
+            return MethodRun(identity["method"], saved["samples"], int(saved["nfe"]), seconds, float(saved["seconds_128"])), True
+    run = compute()
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = path + ".partial.npz"
+    np.savez(partial, samples=run.samples, nfe=run.nfe, seconds_k=np.asarray(list(run.seconds), np.int64),
+             seconds_v=np.asarray(list(run.seconds.values()), np.float64), seconds_128=run.seconds_128)
+    os.replace(partial, path)  # a run stopped while writing leaves no half file under the final name
+    return run, False
 
 
 def _per_measurement(estimate: jax.Array, truth: jax.Array, image: bool, with_lpips: bool) -> dict[str, np.ndarray]:
@@ -379,6 +411,7 @@ def run_evaluation(
     ood: str | None = None,
     flow_step: int | None = None,
     with_start: bool = True,
+    cache_dir: str | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
     """Evaluate the trained sampler in workdir (if any), its untrained start and the named baselines on
@@ -394,6 +427,8 @@ def run_evaluation(
     flow_step: the flow checkpoint to evaluate (default: the latest); the step used is recorded.
     with_start: also evaluate APD's start (row 'apd_start': the flow before training, after its output fit to
       the pairs of config.flow.training.fit_output, so both fits can be compared on one trained flow).
+    cache_dir: where each baseline run is saved as it completes and reused by a later call with the same method,
+      settings, measurements, sample count, seed and prior (`cached_run`); None: no cache.
     Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
@@ -466,6 +501,7 @@ def run_evaluation(
         note("blind task: the flow is not told the mask; the baselines are given each measurement's true mask")
 
     settings = {name: _baseline_settings(config, name) for name in names}
+    prior_fingerprint = None if prior is None else _fingerprint(prior)
     apd_counts = tuple(sorted({1, min(baseline_samples, num_samples), num_samples}))
     methods = ([APD] if sampler is not None else []) + ([APD_START] if starter is not None else []) + names
     keys = {method: split_key(config.seed, f"eval/{method}") for method in methods}
@@ -487,13 +523,20 @@ def run_evaluation(
                     signals[f"{APD}_samples"] = run.samples[:, :FIGURE_SAMPLES]
             else:
                 k = 1 if method in ESTIMATES else baseline_samples
+                identity = {"set": mset.name, "method": method, "settings": settings[method], "samples": k,
+                            "num_measurements": int(mset.x.shape[0]), "seed": int(config.seed),
+                            "operator": config.operator.to_dict(), "prior": prior_fingerprint}
                 try:
-                    run = run_baseline(method, prior, mset, k, settings[method], keys[method])
+                    run, reused = cached_run(
+                        cache_dir, identity, lambda: run_baseline(method, prior, mset, k, settings[method], keys[method])
+                    )
                 except ValueError as err:
                     note(f"{method} left out: {err}")
                     skipped.add(method)
                     continue
                 counts = None
+                if reused:
+                    note(f"{method} ({mset.name}): samples and times reused from {cache_dir}")
             method_table, method_signals, method_values = method_rows(run, mset.x, image, with_lpips, counts, observed)
             rows += method_table
             signals.update(method_signals)

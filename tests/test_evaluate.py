@@ -19,7 +19,15 @@ from apd.data import load_dataset
 from apd.baselines import get_baseline
 from apd.baselines.common import sample_keys
 from apd.eval.metrics import psnr, ssim
-from apd.evaluation import measurement_set, paired_differences, run_baseline, run_evaluation, start_sampler
+from apd.evaluation import (
+    MethodRun,
+    cached_run,
+    measurement_set,
+    paired_differences,
+    run_baseline,
+    run_evaluation,
+    start_sampler,
+)
 from apd.flows import condition_of
 from apd.eval.report import format_markdown, write_outputs
 from apd.measurements import split_key
@@ -282,3 +290,20 @@ def test_start_without_output_fit_is_the_initialisation(workdir):
     np.testing.assert_array_equal(start.params["estimate_gain"], np.ones(64))
     np.testing.assert_array_equal(start.params["out_shift"], np.zeros(64))
     assert start.step == 0
+
+
+def test_baseline_runs_are_cached_and_reused_only_for_the_same_identity(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return MethodRun("ddrm", np.arange(6.0).reshape(1, 2, 3), 20, {1: 0.5, 2: 0.75}, 9.0)
+
+    identity = {"set": "test", "method": "ddrm", "settings": {"eta": 0.5}, "samples": 2}
+    first, reused_first = cached_run(str(tmp_path), identity, compute)
+    again, reused_again = cached_run(str(tmp_path), identity, compute)
+    assert (reused_first, reused_again, len(calls)) == (False, True, 1)
+    np.testing.assert_array_equal(again.samples, first.samples)
+    assert (again.nfe, again.seconds, again.seconds_128) == (20, {1: 0.5, 2: 0.75}, 9.0)
+    _, reused_other = cached_run(str(tmp_path), {**identity, "settings": {"eta": 1.0}}, compute)
+    assert not reused_other and len(calls) == 2
