@@ -241,6 +241,12 @@ def test_without_flow_and_unsupported_operator(workdir, tmp_path):
 def test_unknown_baseline_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown baseline"):
         run_evaluation(_config(), str(tmp_path), ["nope"], log=lambda m: None)
+    run = subprocess.run(
+        [sys.executable, "evaluate.py", f"--workdir={tmp_path}", "--baselines=nope", f"--out={tmp_path}/eval"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 1 and not os.path.exists(tmp_path / "eval")
+    assert run.stderr.strip().splitlines()[-1].startswith("error: unknown baseline(s) nope; known: cpigdm, ddrm, dps")
 
 
 def test_missing_prior_and_nothing_to_do(tmp_path):
