@@ -40,12 +40,14 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
+    from apd.config_check import check_config
     from apd.evaluation import run_evaluation
     from apd.eval.report import markdown_table, write_outputs
 
     config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", config_name)
     try:
+        check_config(FLAGS.config, ("data", "operator"))
         results = run_evaluation(
             FLAGS.config,
             workdir,

@@ -12,6 +12,7 @@ std) in workdir/eval/.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,6 +33,8 @@ def main(argv):
     maybe_initialize_distributed()
     import jax
 
+    from apd.config_check import check_config
+
     from apd.data import load_dataset
     from apd.evaluation import run_evaluation
     from apd.eval.report import format_markdown, write_outputs
@@ -39,6 +42,14 @@ def main(argv):
     from apd.training.prior import load_prior, prior_exists, train_prior
 
     config = FLAGS.config
+    sections = ["data"] + (["prior"] if FLAGS.stage != "flow" else [])
+    if FLAGS.stage != "prior" and "flow" in config:
+        sections += ["operator", "flow"]
+    try:
+        check_config(config, sections)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", config_name)
     dataset = load_dataset(config.data)

@@ -37,6 +37,6 @@ def cpu_size(operator: dict, flow: str) -> ConfigDict:
     config.flow = ConfigDict()
     config.flow.model = defaults.flow_model(flow, dict(num_couplings=6, width=512), dict(num_levels=2, couplings_per_level=3, channels=32))
     config.flow.training = defaults.flow_training(
-        num_steps=500, batch_size=16, num_z=1, lr=5e-4, warmup_steps=50, eval_every=250, eval_num_measurements=16, ckpt_every=250
+        num_steps=500, batch_size=16, num_z=1, lr=5e-4, warmup_steps=50, log_every=50, eval_every=250, eval_num_measurements=16, ckpt_every=250
     )
     return config

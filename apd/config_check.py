@@ -1,0 +1,145 @@
+"""Checks of an experiment config before any work starts: every problem is found at once and reported in one
+line, so a bad setting never costs a training stage first.
+
+    check_config(config, ("data", "prior", "operator", "flow"))   # raises ValueError('invalid config: ...; ...')
+
+Sections: 'data' (a known data set), 'prior' (prior.training sizes), 'operator' (a known operator with settings
+in range), 'flow' (flow.training sizes and options). Shapes that depend on the data (an SR factor that divides
+the image) are checked where the operator is built.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import jax
+
+from apd.data import DATASETS
+from apd.operators import OPERATOR_NAMES
+from apd.training.flow import FIT_OUTPUT_MODES
+
+SECTIONS = ("data", "prior", "operator", "flow")
+
+
+def _number(value) -> float | None:
+    """value as a finite float, or None when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _positive_ints(section, prefix: str, names: Iterable[str]) -> list[str]:
+    problems = []
+    for name in names:
+        value = section.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{prefix}.{name} must be a positive integer, got {value!r}")
+    return problems
+
+
+def _positive_numbers(section, prefix: str, names: Iterable[str], why: str = "") -> list[str]:
+    """Problems of the named fields that are not finite numbers > 0."""
+    return [
+        f"{prefix}.{name} must be a number > 0{why}, got {section.get(name)!r}"
+        for name in names
+        if (_number(section.get(name)) or 0.0) <= 0
+    ]
+
+
+def _training_problems(section, prefix: str) -> list[str]:
+    """Sizes shared by the prior and flow loops: steps, batch, intervals, learning rate, warm-up."""
+    if section is None:
+        return [f"{prefix} is missing"]
+    problems = _positive_ints(section, prefix, ("num_steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints"))
+    problems += _positive_numbers(section, prefix, ("lr",))
+    warmup = section.get("warmup_steps", 0)
+    if not isinstance(warmup, int) or warmup < 0:
+        problems.append(f"{prefix}.warmup_steps must be an integer >= 0, got {warmup!r}")
+    batch = section.get("batch_size")
+    devices = jax.device_count()
+    if isinstance(batch, int) and batch > 0 and batch % devices:
+        problems.append(f"{prefix}.batch_size {batch} must be divisible by the {devices} devices it is sharded over")
+    return problems
+
+
+def _operator_problems(op) -> list[str]:
+    if op is None:
+        return ["operator is missing (the flow stage and evaluation need one)"]
+    name = op.get("name")
+    if name not in OPERATOR_NAMES:
+        return [f"operator.name {name!r} is unknown; known: {', '.join(OPERATOR_NAMES)}"]
+    problems = _positive_numbers(op, "operator", ("noise_std",), " (the likelihood needs noise)")
+
+    def fraction(key: str) -> float | None:
+        value = _number(op.get(key))
+        if value is None or not 0 <= value < 1:
+            problems.append(f"operator.{key} must be in [0, 1), got {op.get(key)!r}")
+            return None
+        return value
+
+    if name in ("inpaint", "impute"):
+        fraction("hidden_fraction")
+    elif name == "inpaint_blind":
+        low, high = fraction("hidden_min"), fraction("hidden_max")
+        if low is not None and high is not None and low > high:
+            problems.append(f"operator.hidden_min {low} must not exceed hidden_max {high}")
+    elif name == "sr":
+        problems += _positive_ints(op, "operator", ("factor",))
+    elif name == "deblur":
+        size = op.get("kernel_size")
+        if not isinstance(size, int) or size < 1 or size % 2 == 0:
+            problems.append(f"operator.kernel_size must be a positive odd integer, got {size!r}")
+        problems += _positive_numbers(op, "operator", ("width",))
+    elif name == "saturate":
+        problems += _positive_numbers(op, "operator", ("gain",))
+    return problems
+
+
+def _flow_problems(flow) -> list[str]:
+    if flow is None:
+        return ["flow is missing"]
+    training = flow.get("training")
+    problems = _training_problems(training, "flow.training")
+    if training is None:
+        return problems
+    problems += _positive_ints(training, "flow.training", ("num_z", "elbo_draws", "eval_every", "eval_num_samples"))
+    mode = training.get("fit_output", "prior")
+    if mode not in FIT_OUTPUT_MODES:
+        problems.append(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")
+    log_every, eval_every = training.get("log_every"), training.get("eval_every")
+    if isinstance(log_every, int) and isinstance(eval_every, int) and log_every > 0 and eval_every % log_every:
+        problems.append(f"flow.training.eval_every {eval_every} must be a multiple of log_every {log_every}")
+    return problems
+
+
+def config_problems(config, sections: Iterable[str] = SECTIONS) -> list[str]:
+    """Every problem of the named sections of config, one sentence each (empty when the config is sound)."""
+    sections = tuple(sections)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown config sections {unknown}; known: {SECTIONS}")
+    problems = []
+    if "data" in sections:
+        data = config.get("data")
+        name = None if data is None else data.get("name")
+        if name not in DATASETS:
+            problems.append(f"data.name {name!r} is unknown; known: {', '.join(DATASETS)}")
+    if "prior" in sections:
+        prior = config.get("prior")
+        problems += _training_problems(None if prior is None else prior.get("training"), "prior.training")
+    if "operator" in sections:
+        problems += _operator_problems(config.get("operator"))
+    if "flow" in sections:
+        problems += _flow_problems(config.get("flow"))
+    return problems
+
+
+def check_config(config, sections: Iterable[str] = SECTIONS) -> None:
+    """Raise ValueError('invalid config: <problem>; <problem>; ...') when config_problems finds any."""
+    problems = config_problems(config, sections)
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
