@@ -75,6 +75,7 @@ APD_START = "apd_start"  # the flow before training, right after its output fit
 ESTIMATES = ("noise2score",)  # point estimates, not samplers: run once, no sample statistics
 FIGURE_SAMPLES = 3  # APD samples kept for the figure
 MAX_BASELINE_ROWS = 1024  # measurement x sample rows per baseline call
+DATA_LIMITED = 100  # fewer training signals than this: every table is marked data-limited
 
 
 @dataclasses.dataclass
@@ -482,6 +483,9 @@ def run_evaluation(
             raise ValueError(f"{ood} signals are {ood_data.signal_shape}, the task's are {dataset.signal_shape}")
         sets.append(measurement_set(config, ood_data, "test", num_measurements, name=f"ood_{ood}"))
 
+    if len(dataset.train) < DATA_LIMITED:
+        note(f"data-limited: {dataset.name} has {len(dataset.train)} training signals, so the prior (and the flow) saw "
+             f"only those; every table here is measured on {', '.join(m.name for m in sets)} signals of such a prior")
     image = dataset.kind == "image"
     with_lpips = image and lpips_available()
     if not image:

@@ -1,7 +1,13 @@
 """ERA5 imputation on the sphere: 60% of the 4,140 vertices hidden (one fixed mask), s = 0.05.
 
     python train.py --config configs/era5_impute.py --workdir runs/era5_impute
-    python evaluate.py --config configs/era5_impute.py --workdir runs/era5_impute --baselines dps,mcg
+    python benchmarks/tune_baseline.py --config configs/era5_impute.py --workdir runs/era5_impute \
+        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff --num_measurements 3 --out docs/results/era5_impute/tuning.json
+    python evaluate.py --config configs/era5_impute.py --workdir runs/era5_impute \
+        --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff --split test,val --num_measurements 4 --baseline_samples 32
+
+Offline there are 3 validation fields: the baselines are tuned on them and the val table reuses them, so only
+the test table (4 fields) is held out from tuning; both are marked data-limited.
 """
 from ml_collections import ConfigDict
 
