@@ -484,8 +484,8 @@ def run_evaluation(
         sets.append(measurement_set(config, ood_data, "test", num_measurements, name=f"ood_{ood}"))
 
     if len(dataset.train) < DATA_LIMITED:
-        note(f"data-limited: {dataset.name} has {len(dataset.train)} training signals, so the prior (and the flow) saw "
-             f"only those; every table here is measured on {', '.join(m.name for m in sets)} signals of such a prior")
+        note(f"data-limited: {dataset.name} has only {len(dataset.train)} training signals, all that the prior and "
+             "the flow saw, so these tables measure the methods on a weak prior")
     image = dataset.kind == "image"
     with_lpips = image and lpips_available()
     if not image:
