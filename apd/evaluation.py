@@ -500,8 +500,7 @@ def run_evaluation(
         source = {"prior": "prior samples", "data": "clean training signals", "none": "nothing"}
         note(f"apd_start: the flow before training, its output map fitted to {source[mode]} (fit_output={mode!r})"
              + ("" if mode == trained_mode else f"; the trained flow started from fit_output={trained_mode!r}"))
-    if sampler is not None and getattr(sampler.family.draw(jax.random.PRNGKey(0)), "show_mask", None) is False \
-            and config.operator.name == "inpaint_blind":
+    if sampler is not None and config.operator.name == "inpaint_blind":
         note("blind task: the flow is not told the mask; the baselines are given each measurement's true mask")
 
     settings = {name: _baseline_settings(config, name) for name in names}
