@@ -43,3 +43,14 @@ def test_elbo_gradient_matches_score_of_the_data_density():
 def test_elbo_draws_average_to_single_draw_shape():
     x = jnp.full((3, D, 1), 0.5)
     assert elbo(PRIOR, x, jax.random.PRNGKey(0), num_draws=7).shape == (3,)
+
+
+def test_bits_per_dim_matches_the_exact_density_within_its_reported_interval():
+    from benchmarks.prior_quality import bits_per_dim
+
+    x = np.asarray(PRIOR.sample(jax.random.PRNGKey(2), 32))
+    exact = -np.asarray(PRIOR.log_prob(jnp.asarray(x))) / (D * np.log(2))
+    per_signal, half_width, draws = bits_per_dim(PRIOR, x, jax.random.PRNGKey(3), 0.05, 32, 50, 500)
+    assert per_signal.shape == (32,)
+    assert half_width < 0.05 and draws == 500 * (draws // 500) and 1_000 <= draws < 25_000  # stopped early
+    assert abs(per_signal.mean() - exact.mean()) < 2 * half_width
