@@ -8,6 +8,7 @@ from PIL import Image
 
 from apd.data import (DATASETS, Dataset, celeba_partition, grid_faces, load_dataset, load_mesh, normalise,
                       paint, project_vertices, sphere_vertices)
+from apd.data.mesh_order import consecutive_edge_fraction, walk_order
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
@@ -116,6 +117,32 @@ def test_bunny_mnist():
     np.testing.assert_allclose(d.test[0, 10, 0], by_hand, atol=1e-6)
     vertices, faces = load_mesh(DATA / "bun_zipper_res3.ply")
     np.testing.assert_array_equal(vertices, d.vertices)
+
+
+@needs_data
+def test_bunny_walk_order_keeps_the_signals_and_makes_neighbours_consecutive():
+    base = load_dataset(cfg(name="bunny_mnist", path=str(DATA), max_train=4, max_eval=2))
+    walked = load_dataset(cfg(name="bunny_mnist", path=str(DATA), max_train=4, max_eval=2, vertex_order="walk"))
+    order = walk_order(base.vertices, base.faces)
+    np.testing.assert_array_equal(walked.vertices, base.vertices[order])
+    np.testing.assert_array_equal(walked.train, base.train[:, order])
+    # the same triangles, renamed
+    renamed = {tuple(sorted(order[f])) for f in walked.faces}
+    assert renamed == {tuple(sorted(f)) for f in base.faces}
+    fractions = walked.split["consecutive_edge_fraction"]
+    assert round(fractions["file"], 4) == 0.2548 and fractions["walk"] > 0.98
+    with pytest.raises(ValueError, match="vertex_order must be one of"):
+        load_dataset(cfg(name="bunny_mnist", path=str(DATA), max_train=4, max_eval=2, vertex_order="fiedler"))
+
+
+def test_walk_order_is_a_path_on_a_closed_mesh():
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    order = walk_order(sphere.vertices, sphere.faces)
+    assert sorted(order.tolist()) == list(range(162))
+    assert consecutive_edge_fraction(sphere.faces, 162) < 0.1
+    assert consecutive_edge_fraction(sphere.faces, 162, order) == 1.0  # a Hamiltonian path, no jumps
 
 
 def test_era5_normalisation_and_grid():

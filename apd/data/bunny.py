@@ -19,6 +19,7 @@ import numpy as np
 
 from apd.data.base import Dataset, locate
 from apd.data.digits import PARTS, mnist_arrays
+from apd.data.mesh_order import ORDERS, consecutive_edge_fraction, reorder_mesh, walk_order
 
 MESH_FILE = "bun_zipper_res3.ply"
 IMAGE_SIZE = 28
@@ -74,12 +75,22 @@ def load_mesh(path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_bunny_mnist(cfg) -> Dataset:
     """Bunny-MNIST. cfg.path: the mesh (default bun_zipper_res3.ply); cfg.mnist_path: mnist.npz (default
-    the data folder); cfg.source 'file' | 'tfds' for MNIST; caps cfg.max_train (default 20,000), cfg.max_eval."""
+    the data folder); cfg.source 'file' | 'tfds' for MNIST; caps cfg.max_train (default 20,000), cfg.max_eval;
+    cfg.vertex_order 'file' (as stored, the default) | 'walk' (apd.data.mesh_order.walk_order: consecutive
+    indices are mesh neighbours, for 1-D networks). Vertices and faces are returned in that order."""
     mesh_path = locate(cfg.get("path"), MESH_FILE)
     vertices, faces = load_mesh(mesh_path)
+    vertex_order = cfg.get("vertex_order") or "file"
+    if vertex_order not in ORDERS:
+        raise ValueError(f"data.vertex_order must be one of {ORDERS}, got {vertex_order!r}")
+    edge_fraction_file = consecutive_edge_fraction(faces, len(vertices))
+    if vertex_order == "walk":
+        vertices, faces = reorder_mesh(vertices, faces, walk_order(vertices, faces))
     images, labels, split = mnist_arrays(cfg, path_key="mnist_path", default_max_train=DEFAULT_MAX_TRAIN)
     signals = {p: paint(images[p].astype(np.float32) / 255.0, vertices) for p in PARTS}
-    split = {**split, "mesh": str(mesh_path),
+    split = {**split, "mesh": str(mesh_path), "vertex_order": vertex_order,
+             "consecutive_edge_fraction": {"file": edge_fraction_file,
+                                           vertex_order: consecutive_edge_fraction(faces, len(vertices))},
              "projection": f"orthographic onto x-y (view from +z, +y up), {IMAGE_SIZE}x{IMAGE_SIZE},"
                            f" margin {MARGIN} px, bilinear"}
     return Dataset(
