@@ -63,13 +63,18 @@ def paint(images: np.ndarray, vertices: np.ndarray) -> np.ndarray:
 
 
 def load_mesh(path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V,3) float32 and faces (F,3) int32 of a triangle mesh file, read as stored."""
+    """Vertices (V,3) float32 and faces (F,3) int32 of a mesh file (PLY, OBJ, OFF, ... as trimesh reads them;
+    polygons are split into triangles), read as stored. ValueError (one line) for files with no triangles."""
     import trimesh
 
-    mesh = trimesh.load(path, process=False, force="mesh")
-    if len(mesh.vertices) == 0 or mesh.faces.shape[1:] != (3,):
-        raise ValueError(f"{path}: expected a triangle mesh, got {len(mesh.vertices)} vertices,"
-                         f" faces {mesh.faces.shape}")
+    try:
+        mesh = trimesh.load(path, process=False, force="mesh")
+    except Exception as err:  # trimesh raises many types for unreadable files
+        raise ValueError(f"{path}: not a readable mesh file ({err})") from err
+    faces = getattr(mesh, "faces", None)
+    if len(mesh.vertices) == 0 or faces is None or len(faces) == 0 or faces.shape[1:] != (3,):
+        raise ValueError(f"{path}: expected a triangle mesh, got {len(mesh.vertices)} vertices and"
+                         f" {0 if faces is None else len(faces)} triangles")
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32)
 
 
