@@ -15,6 +15,7 @@ from apd.operators import (
     Saturate,
     SuperResolution,
     _blur_factors,
+    gaussian_taps,
     box_mask,
     broadcast_operator,
     make_operator_family,
@@ -122,7 +123,7 @@ def test_superresolution_bad_shape():
 
 
 def test_blur_kernel_numbers():
-    k, u, s, v = _blur_factors(6, 3, 1.0, 0.0)
+    k, u, s, v = _blur_factors(6, gaussian_taps(3, 1.0), 0.0)
     taps = np.exp(-np.array([1.0, 0.0, 1.0]) / 2)
     taps /= taps.sum()
     np.testing.assert_allclose(k[2, 1:4], taps)
@@ -141,9 +142,9 @@ def test_blur_truncated_svd():
     exact = GaussianBlur(5, 2.0, 0.1, IMAGE, threshold=0.0)
     x = _rand(6, IMAGE)
     np.testing.assert_allclose(op.apply(x), exact.apply(x))
-    k, u, s, v = _blur_factors(8, 5, 2.0, 3e-2)
+    k, u, s, v = _blur_factors(8, gaussian_taps(5, 2.0), 3e-2)
     assert s[-1] == 0.0 and np.all(s[:-1] > 3e-2)
-    s_min_exact = _blur_factors(8, 5, 2.0, 0.0)[2][-1]
+    s_min_exact = _blur_factors(8, gaussian_taps(5, 2.0), 0.0)[2][-1]
     np.testing.assert_allclose(s_min_exact, 0.0089, atol=1e-4)
     # Dense truncated A_r = kron(K_r', K_c') per channel; pinv of the operator = numpy pinv of A_r.
     k_t = u @ np.diag(s) @ v.T

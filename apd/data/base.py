@@ -134,3 +134,41 @@ def tfds_numpy(name: str, split: str, data_dir: str | None, batch_size: int | No
             " prepare it on a connected machine (tfds build) and pass data.tfds_dir, or use data.source='file'"
         ) from None
     return tfds.as_numpy(data)
+
+
+GEOMETRY_FIELDS = ("vertices", "faces", "lat", "lon", "grid_shape")
+
+
+def save_geometry(path, dataset) -> str:
+    """Write what a figure of the data set's signals needs (kind, signal_shape, mesh, grid), no signals."""
+    arrays = {"kind": np.array(dataset.kind), "signal_shape": np.array(dataset.signal_shape, np.int64)}
+    arrays.update({f: np.asarray(getattr(dataset, f)) for f in GEOMETRY_FIELDS if getattr(dataset, f) is not None})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+    return os.fspath(path)
+
+
+def load_geometry(path) -> Dataset:
+    """The geometry written by save_geometry, as a Dataset with empty splits (for the figure functions)."""
+    with np.load(path) as f:
+        shape = tuple(int(v) for v in f["signal_shape"])
+        fields = {k: f[k] for k in GEOMETRY_FIELDS if k in f.files}
+        kind = str(f["kind"])
+    if "grid_shape" in fields:
+        fields["grid_shape"] = tuple(int(v) for v in fields["grid_shape"])
+    empty = np.zeros((0,) + shape, np.float32)
+    return Dataset(name="geometry", train=empty, val=empty, test=empty, signal_shape=shape, kind=kind,
+                   split={"source": os.fspath(path)}, **fields)
+
+
+class SignalsWithheld:
+    """A data set's geometry (name, signal_shape, kind, vertices, faces, lat, lon, grid_shape) with its signals
+    withheld: reading train, val or test raises RuntimeError(reason). For stages that may use no clean signal."""
+
+    def __init__(self, dataset, reason: str):
+        self._dataset, self._reason = dataset, reason
+
+    def __getattr__(self, name):
+        if name in ("train", "val", "test", "labels"):
+            raise RuntimeError(f"{self._reason}: the clean signals ({name}) are withheld")
+        return getattr(self._dataset, name)
