@@ -119,21 +119,33 @@ def cap(x: np.ndarray, limit: int | None) -> np.ndarray:
     return x if limit is None else x[:limit]
 
 
-def tfds_numpy(name: str, split: str, data_dir: str | None, batch_size: int | None):
-    """A TFDS split the user has already prepared, as numpy (never downloads).
+def tfds_source(name: str, split: str, data_dir: str | None):
+    """One split of a TFDS set the user has already prepared, as a random-access source of numpy examples
+    (`source[i]` -> dict, `len(source)`); never downloads and needs no TensorFlow.
 
-    batch_size=-1 gives one dict of full arrays; None gives an iterator of single examples.
+    Reads <data_dir or $TFDS_DATA_DIR or ~/tensorflow_datasets>/<name>/<latest version>/ through TFDS's
+    array-record data source (tfds.builder_from_directory(...).as_data_source), so the set must have been
+    prepared with `tfds build <name> --file_format=array_record`.
     """
-    import tensorflow_datasets as tfds
-
     try:
-        data = tfds.load(name, split=split, batch_size=batch_size, download=False, data_dir=data_dir)
-    except AssertionError:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("data.source='tfds' needs tensorflow-datasets and array_record: pip install 'apd[tfds]'"
+                          ) from None
+    root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / name
+    versions = sorted((d for d in root.glob("*") if (d / "dataset_info.json").is_file()),
+                      key=lambda d: tuple(int(v) if v.isdigit() else 0 for v in d.name.split(".")))
+    if not versions:
         raise FileNotFoundError(
-            f"TFDS data set {name!r} is not prepared in {data_dir or 'the default TFDS folder'};"
-            " prepare it on a connected machine (tfds build) and pass data.tfds_dir, or use data.source='file'"
-        ) from None
-    return tfds.as_numpy(data)
+            f"TFDS data set {name!r} is not prepared in {root.parent}; prepare it on a connected machine with "
+            f"`tfds build {name} --file_format=array_record --data_dir=DIR` and pass data.tfds_dir=DIR, or use "
+            "data.source='file'"
+        )
+    builder = tfds.builder_from_directory(str(versions[-1]))
+    if str(getattr(builder.info.file_format, "value", builder.info.file_format)) != "array_record":
+        raise ValueError(f"TFDS data set {name!r} in {versions[-1]} is stored as {builder.info.file_format}; reading "
+                         f"it without TensorFlow needs array_record: `tfds build {name} --file_format=array_record`")
+    return builder.as_data_source(split=split)
 
 
 GEOMETRY_FIELDS = ("vertices", "faces", "lat", "lon", "grid_shape")
