@@ -224,3 +224,21 @@ def test_prepare_measurements_rules():
     blind = Inpaint(np.ones((8, 1)), 0.1)
     out, _ = prepare_measurements(y, None, blind, blind=True)  # any mask: the flow is not told it
     np.testing.assert_array_equal(np.asarray(out)[:, 1::2], 0.0)
+
+
+def test_geometry_round_trip_draws_a_sphere_figure(tmp_path):
+    from apd.data import Dataset, grid_faces, sphere_vertices
+    from apd.data.base import load_geometry, save_geometry
+    from apd.eval.figures import save_dataset_figure
+
+    lat, lon = np.array([60.0, 20.0, -20.0, -60.0]), np.arange(0.0, 360.0, 60.0)
+    empty = np.zeros((0, 24, 1), np.float32)
+    sphere = Dataset("s", empty, empty, empty, (24, 1), "sphere", {}, vertices=sphere_vertices(lat, lon),
+                     faces=grid_faces(lat, 6), lat=lat.astype(np.float32), lon=lon.astype(np.float32),
+                     grid_shape=(4, 6))
+    back = load_geometry(save_geometry(tmp_path / "geometry.npz", sphere))
+    assert (back.kind, back.signal_shape, back.grid_shape) == ("sphere", (24, 1), (4, 6))
+    np.testing.assert_array_equal(back.faces, sphere.faces)
+    np.testing.assert_array_equal(back.lat, sphere.lat)
+    path = save_dataset_figure(tmp_path / "f.png", back, [("mean", np.linspace(0, 1, 24).reshape(1, 24, 1))])
+    assert os.path.getsize(path) > 0

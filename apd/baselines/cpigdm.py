@@ -53,6 +53,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import integrate
 
 from apd.baselines.common import has_feature, map_measurements, require, tweedie
 from apd.sde import VPSDE
@@ -135,10 +136,6 @@ def coefficients(sde: VPSDE, num_steps: int, w: float, lam: float, tau_start: fl
     def ell(s):
         return math.log(math.expm1(B(s)))
 
-    try:
-        from scipy import integrate
-    except ImportError:
-        raise ImportError("C-PiGDM's step coefficients need scipy: pip install 'apd[baselines]'") from None
     rows = []
     for t, t_next in zip(times[:-1], times[1:]):
 
