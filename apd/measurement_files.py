@@ -80,7 +80,7 @@ def prepare_measurements(y, mask, op, operator_name: str = "the task's operator"
     if y.shape == shape:
         y = y[None]
     if y.ndim != len(shape) + 1 or y.shape[1:] != shape or y.shape[0] == 0:
-        raise ValueError(f"y has shape {y.shape}; this sampler takes measurements (N, {', '.join(map(str, shape))})"
+        raise ValueError(f"y has shape {y.shape}; this task takes measurements (N, {', '.join(map(str, shape))})"
                          f" or one measurement {shape}")
     n = y.shape[0]
     if np.isinf(y).any():

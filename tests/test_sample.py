@@ -49,6 +49,23 @@ def _sample_cli(*args):
     return subprocess.run([sys.executable, "sample.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def _sample_main(capsys, *args):
+    """(exit status, stderr) of the sampling command's main run in this process (flags parsed afresh)."""
+    from absl import flags
+
+    from apd import sample_command
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["sample.py", *args])
+    capsys.readouterr()
+    try:
+        sample_command.main([])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def denoise_run(tmp_path_factory):
     """A tiny trained digits-denoising workdir and the measurement file its evaluation wrote."""
@@ -106,21 +123,30 @@ def test_whole_loop_train_measure_sample(denoise_run, tmp_path):
     "arrays, message",
     [
         ({"x": np.zeros((2,) + SHAPE)}, "has no array 'y' (it holds ['x'])"),
-        ({"y": np.zeros((2, 8, 8))}, "y has shape (2, 8, 8); this sampler takes measurements (N, 8, 8, 1)"),
+        ({"y": np.zeros((2, 8, 8))}, "y has shape (2, 8, 8); this task takes measurements (N, 8, 8, 1)"),
         ({"y": np.full((2,) + SHAPE, np.nan)}, "y holds 128 NaN value(s), but operator 'denoise' has no mask"),
         ({"y": np.full((2,) + SHAPE, 255.0)}, "y ranges over [255, 255], far outside [0, 1]"),
     ],
 )
-def test_bad_files_give_one_line_and_write_nothing(denoise_run, tmp_path, arrays, message):
+def test_bad_files_give_one_line_and_write_nothing(denoise_run, tmp_path, capsys, arrays, message):
     workdir, _ = denoise_run
     path = tmp_path / "y.npz"
     np.savez(path, **arrays)
     out = tmp_path / "out"
-    run = _sample_cli(f"--workdir={workdir}", f"--measurements={path}", f"--out={out}")
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert run.returncode == 1 and len(errors) == 1 and message in errors[0], run.stderr[-2000:]
-    assert run.stderr.strip().splitlines()[-1] == errors[0]
+    code, stderr = _sample_main(capsys, f"--workdir={workdir}", f"--measurements={path}", f"--out={out}")
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert not out.exists()
+
+
+def test_command_exits_1_on_a_bad_file(denoise_run, tmp_path):
+    workdir, _ = denoise_run
+    np.save(tmp_path / "y.npy", np.full((2,) + SHAPE, np.nan))
+    run = _sample_cli(f"--workdir={workdir}", f"--measurements={tmp_path / 'y.npy'}", f"--out={tmp_path}/out")
+    assert run.returncode == 1 and not (tmp_path / "out").exists()
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: y holds 128 NaN value(s), but operator 'denoise' has no mask: NaN means 'not measured' only for "
+        "inpainting and imputation tasks")
 
 
 def test_a_config_with_another_operator_is_refused(denoise_run, tmp_path):
@@ -179,11 +205,11 @@ def test_flow_trains_from_measurements_alone(measurement_run):
     assert sampler.needs_operator
 
 
-def test_per_measurement_masks_from_nan_or_mask_array(measurement_run, tmp_path):
+def test_per_measurement_masks_from_nan_or_mask_array(measurement_run, tmp_path, capsys):
     workdir, path, mask, y = measurement_run
-    run = _sample_cli(f"--workdir={workdir}", f"--measurements={path}", "--num_samples=3", f"--out={tmp_path}/a",
-                      "--max_figures=2")
-    assert run.returncode == 0, run.stderr[-2000:]
+    code, stderr = _sample_main(capsys, f"--workdir={workdir}", f"--measurements={path}", "--num_samples=3",
+                                f"--out={tmp_path}/a", "--max_figures=2")
+    assert code == 0, stderr[-2000:]
     from_nan = np.load(tmp_path / "a" / "samples.npz")["samples"]
     assert from_nan.shape == (40, 3) + SHAPE
     assert sorted(os.listdir(tmp_path / "a" / "figures")) == ["measurement_0000.png", "measurement_0001.png"]
@@ -194,9 +220,10 @@ def test_per_measurement_masks_from_nan_or_mask_array(measurement_run, tmp_path)
     np.testing.assert_allclose(np.load(masked["samples.npz"])["samples"], from_nan, atol=1e-6)
     # Without the masks the command stops: this task's flow is told each measurement's mask.
     np.save(tmp_path / "bare.npy", np.nan_to_num(y))
-    run = _sample_cli(f"--workdir={workdir}", f"--measurements={tmp_path / 'bare.npy'}", f"--out={tmp_path}/c")
-    assert run.returncode == 1 and not (tmp_path / "c").exists()
-    assert run.stderr.strip().splitlines()[-1] == (
+    code, stderr = _sample_main(capsys, f"--workdir={workdir}", f"--measurements={tmp_path / 'bare.npy'}",
+                                f"--out={tmp_path}/c")
+    assert code == 1 and not (tmp_path / "c").exists()
+    assert stderr.strip() == (
         "error: operator 'inpaint' has a mask per measurement that the flow is told: give it as the array 'mask' "
         "(N, *S) in the .npz file, or NaN in y where not measured")
 
