@@ -17,6 +17,7 @@ from typing import Iterable
 import jax
 
 from apd.data import DATA_OPTIONS, DATASETS, SOURCES
+from apd.data.mesh_order import ORDERS
 from apd.operators import OPERATOR_NAMES
 from apd.training.flow import FIT_OUTPUT_MODES
 
@@ -78,6 +79,8 @@ def _data_problems(data) -> list[str]:
     problems += _positive_ints(data, "data", [k for k in ("max_train", "max_eval") if k in options])
     if "source" in options and data.get("source", "file") not in SOURCES:
         problems.append(f"data.source must be one of {SOURCES}, got {data.get('source')!r}")
+    if "vertex_order" in options and data.get("vertex_order", "file") not in ORDERS:
+        problems.append(f"data.vertex_order must be one of {ORDERS}, got {data.get('vertex_order')!r}")
     return problems
 
 

@@ -98,7 +98,7 @@ def test_every_data_option_is_settable_from_the_command_line():
     """Every option of each task's data set is declared (typed, with its default) and takes a command-line value."""
     names = [c for c in CONFIGS if c not in ("__init__", "defaults")]
     values = {"path": "/data/x.npz", "mnist_path": "/data/mnist.npz", "tfds_dir": "/tfds", "source": "tfds",
-              "max_train": "5", "max_eval": "3", "include_pressure_levels": "true"}
+              "max_train": "5", "max_eval": "3", "include_pressure_levels": "true", "vertex_order": "walk"}
     args = []
     for name in names:
         options = DATA_OPTIONS[importlib.import_module(f"configs.{name}").get_config().data.name]
