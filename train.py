@@ -8,6 +8,13 @@
 Rerunning the same command resumes from the last checkpoints. At the end the sampler is evaluated on 16
 held-out test measurements (`evaluate.py` without baselines): tables and a figure (truth, y, samples, mean,
 std) in workdir/eval/.
+
+From measurements alone (no clean signal in the flow stage; the prior must exist):
+
+    python train.py --config configs/digits_denoise.py --stage flow --config.flow.training.measurements=y.npz
+
+y.npz as `sample.py` reads it; the flow then has no ground truth to be evaluated on, so sample your
+measurements with `python sample.py --workdir <workdir> --measurements y.npz`.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ def main(argv):
     from apd.config_check import check_config
 
     from apd.data import load_dataset
+    from apd.data.base import SignalsWithheld
     from apd.evaluation import run_evaluation
     from apd.eval.report import format_markdown, write_outputs
     from apd.training.flow import train_flow
@@ -65,8 +73,18 @@ def main(argv):
     if FLAGS.stage == "prior" or "flow" not in config:
         return
 
-    train_flow(config, workdir, prior, dataset)
-    if jax.process_index() == 0:
+    measurements = config.flow.training.get("measurements")
+    if measurements:
+        dataset = SignalsWithheld(dataset, "flow.training.measurements is set, so the flow stage uses no clean signal")
+    try:
+        train_flow(config, workdir, prior, dataset)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    if measurements:
+        print(f"flow trained on {measurements}; sample it: python sample.py --workdir {workdir} --measurements "
+              f"{measurements}")
+    elif jax.process_index() == 0:
         results = run_evaluation(config, workdir, num_measurements=16, num_samples=128)
         paths = write_outputs(results, os.path.join(workdir, "eval"))
         print(format_markdown(results))

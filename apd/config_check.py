@@ -3,18 +3,21 @@ line, so a bad setting never costs a training stage first.
 
     check_config(config, ("data", "prior", "operator", "flow"))   # raises ValueError('invalid config: ...; ...')
 
-Sections: 'data' (a known data set), 'prior' (prior.training sizes), 'operator' (a known operator with settings
-in range), 'flow' (flow.training sizes and options). Shapes that depend on the data (an SR factor that divides
+Sections: 'data' (a known data set, only its declared options, caps and source valid), 'prior' (prior.training
+sizes), 'operator' (a known operator with settings in range, its mask or kernel file present), 'flow'
+(flow.training sizes and options, its measurement file present). Shapes that depend on the data (an SR factor that divides
 the image) are checked where the operator is built.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable
 
 import jax
 
-from apd.data import DATASETS
+from apd.data import DATA_OPTIONS, DATASETS, SOURCES
+from apd.data.mesh_order import ORDERS
 from apd.operators import OPERATOR_NAMES
 from apd.training.flow import FIT_OUTPUT_MODES
 
@@ -66,6 +69,29 @@ def _training_problems(section, prefix: str) -> list[str]:
     return problems
 
 
+def _data_problems(data) -> list[str]:
+    name = None if data is None else data.get("name")
+    if name not in DATASETS:
+        return [f"data.name {name!r} is unknown; known: {', '.join(DATASETS)}"]
+    options = DATA_OPTIONS[name]
+    problems = [f"data.{key} is not an option of {name}; options: {', '.join(options)}"
+                for key in data if key != "name" and key not in options]
+    problems += _positive_ints(data, "data", [k for k in ("max_train", "max_eval") if k in options])
+    if "source" in options and data.get("source", "file") not in SOURCES:
+        problems.append(f"data.source must be one of {SOURCES}, got {data.get('source')!r}")
+    if "vertex_order" in options and data.get("vertex_order", "file") not in ORDERS:
+        problems.append(f"data.vertex_order must be one of {ORDERS}, got {data.get('vertex_order')!r}")
+    return problems
+
+
+def _file_problem(section, prefix: str, key: str) -> list[str]:
+    """A problem when section.key names a file that does not exist."""
+    path = section.get(key)
+    if path and not os.path.isfile(os.path.expanduser(str(path))):
+        return [f"{prefix}.{key} {path} does not exist"]
+    return []
+
+
 def _operator_problems(op) -> list[str]:
     if op is None:
         return ["operator is missing (the flow stage and evaluation need one)"]
@@ -81,7 +107,12 @@ def _operator_problems(op) -> list[str]:
             return None
         return value
 
-    if name in ("inpaint", "impute"):
+    if name in ("inpaint", "impute") and op.get("mask_file"):
+        problems += _file_problem(op, "operator", "mask_file")
+        if op.get("per_measurement", False):
+            problems.append("operator.mask_file gives one shared mask; per_measurement draws one per measurement: "
+                            "set only one")
+    elif name in ("inpaint", "impute"):
         fraction("hidden_fraction")
     elif name == "inpaint_blind":
         low, high = fraction("hidden_min"), fraction("hidden_max")
@@ -89,6 +120,8 @@ def _operator_problems(op) -> list[str]:
             problems.append(f"operator.hidden_min {low} must not exceed hidden_max {high}")
     elif name == "sr":
         problems += _positive_ints(op, "operator", ("factor",))
+    elif name == "deblur" and op.get("kernel_file"):
+        problems += _file_problem(op, "operator", "kernel_file")
     elif name == "deblur":
         size = op.get("kernel_size")
         if not isinstance(size, int) or size < 1 or size % 2 == 0:
@@ -110,6 +143,11 @@ def _flow_problems(flow) -> list[str]:
     mode = training.get("fit_output", "prior")
     if mode not in FIT_OUTPUT_MODES:
         problems.append(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")
+    if training.get("measurements"):
+        problems += _file_problem(training, "flow.training", "measurements")
+        if mode == "data":
+            problems.append("flow.training.fit_output='data' fits clean signals, which training from "
+                            "flow.training.measurements does not use: use 'prior' or 'none'")
     log_every, eval_every = training.get("log_every"), training.get("eval_every")
     if isinstance(log_every, int) and isinstance(eval_every, int) and log_every > 0 and eval_every % log_every:
         problems.append(f"flow.training.eval_every {eval_every} must be a multiple of log_every {log_every}")
@@ -124,10 +162,7 @@ def config_problems(config, sections: Iterable[str] = SECTIONS) -> list[str]:
         raise ValueError(f"unknown config sections {unknown}; known: {SECTIONS}")
     problems = []
     if "data" in sections:
-        data = config.get("data")
-        name = None if data is None else data.get("name")
-        if name not in DATASETS:
-            problems.append(f"data.name {name!r} is unknown; known: {', '.join(DATASETS)}")
+        problems += _data_problems(config.get("data"))
     if "prior" in sections:
         prior = config.get("prior")
         problems += _training_problems(None if prior is None else prior.get("training"), "prior.training")

@@ -434,7 +434,7 @@ def run_evaluation(
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
     at equal k), 'tweedie_reference' (denoising), 'calibration' (coverage curves at equal K), 'signals'
-    ({label: array (N,*S)})}.
+    ({label: array (N,*S)}), 'measurements' ({'y': (N,*M), 'mask': (N,*S) or None}: the measurements as used)}.
     Raises ValueError for an unknown split or baseline, or when there is nothing to evaluate; FileNotFoundError
     when baselines or the start need a prior that workdir lacks.
     """
@@ -555,6 +555,7 @@ def run_evaluation(
             "tweedie_reference": tweedie_reference(per_measurement, signals, apd_counts),
             "calibration": {"levels": list(CALIBRATION_LEVELS), "num_samples": baseline_samples, "curves": curves},
             "signals": signals,
+            "measurements": {"y": np.asarray(mset.y), "mask": None if observed is None else np.asarray(observed)},
         }
 
     gap = None

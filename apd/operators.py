@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Callable
 
 import jax
@@ -231,29 +232,82 @@ class SuperResolution(_Gaussian):
         return c[:: self.factor, :: self.factor]
 
 
-@functools.lru_cache(maxsize=None)
-def _blur_factors(n: int, kernel_size: int, width: float, threshold: float):
-    """1-D zero-boundary Gaussian blur matrix K (n, n) and its SVD K = U diag(s) V^T, float64.
-
-    Taps at offsets -k//2..k//2 with weights exp(-o^2 / (2 width^2)), normalised to sum 1. Returns
-    (K, U, s_truncated, V) where singular values below `threshold` are set to 0.
-    """
+def gaussian_taps(kernel_size: int, width: float) -> tuple[float, ...]:
+    """The 1-D Gaussian kernel: taps at offsets -k//2..k//2 with weights exp(-o^2 / (2 width^2)), summing to 1."""
     half = kernel_size // 2
     offsets = np.arange(-half, half + 1)
     taps = np.exp(-(offsets**2) / (2.0 * width**2))
-    taps /= taps.sum()
+    return tuple(float(t) for t in taps / taps.sum())
+
+
+@functools.lru_cache(maxsize=None)
+def _blur_factors(n: int, taps: tuple[float, ...], threshold: float):
+    """1-D zero-boundary blur matrix K (n, n) with the given odd number of taps (centred) and its SVD
+    K = U diag(s) V^T, float64. Returns (K, U, s_truncated, V) where singular values below `threshold` are 0."""
+    half = len(taps) // 2
     k = np.zeros((n, n))
-    for o, t in zip(offsets, taps):
+    for o, t in zip(range(-half, half + 1), taps):
         k += t * np.eye(n, k=o)
     u, s, vt = np.linalg.svd(k)
     return k, u, np.where(s >= threshold, s, 0.0), vt.T
 
 
+def read_array_file(path, key: str, what: str) -> np.ndarray:
+    """The array of a .npy file, or array `key` of an .npz file, as float64; one-line errors naming the file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            if key not in f.files:
+                raise ValueError(f"{what} file {path} has no array {key!r} (it holds {f.files})")
+            return np.asarray(f[key], np.float64)
+    if path.endswith(".npy"):
+        return np.asarray(np.load(path), np.float64)
+    raise ValueError(f"{what} file {path} must be .npy or .npz")
+
+
+def read_mask_file(path, signal_shape: tuple[int, ...]) -> jax.Array:
+    """One shared mask from a file (.npy, or .npz array 'mask'): shape S, or S without its channel axis (then
+    shared by all channels); values 0 (hidden) or 1 (observed). Returns float32 (S)."""
+    mask = read_array_file(path, "mask", "mask")
+    shape = tuple(signal_shape)
+    if mask.shape == shape[:-1]:
+        mask = np.broadcast_to(mask[..., None], shape)
+    if mask.shape != shape:
+        raise ValueError(f"mask file {path}: mask must have shape {shape} (or {shape[:-1]}), got {mask.shape}")
+    if not np.all((mask == 0) | (mask == 1)):
+        raise ValueError(f"mask file {path}: mask values must be 0 (hidden) or 1 (observed)")
+    return jnp.asarray(mask, jnp.float32)
+
+
+def read_kernel_file(path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(row taps, column taps) of a separable blur kernel from a file (.npy, or .npz array 'kernel'): a 1-D
+    kernel (k,) used along both axes, or a rank-1 2-D kernel (k_r, k_c), factored by its SVD; odd sizes."""
+    kernel = read_array_file(path, "kernel", "kernel")
+    if kernel.ndim == 1:
+        rows = cols = kernel
+    elif kernel.ndim == 2:
+        u, s, vt = np.linalg.svd(kernel)
+        if s.size > 1 and s[1] > 1e-6 * s[0]:
+            raise ValueError(f"kernel file {path}: the 2-D kernel must be separable (rank 1), its second singular "
+                             f"value is {s[1] / s[0]:.3g} of the first")
+        sign = 1.0 if u[:, 0].sum() >= 0 else -1.0
+        rows, cols = sign * u[:, 0] * np.sqrt(s[0]), sign * vt[0] * np.sqrt(s[0])
+    else:
+        raise ValueError(f"kernel file {path}: the kernel must be 1-D or 2-D, got shape {kernel.shape}")
+    if any(len(t) % 2 == 0 for t in (rows, cols)) or not np.all(np.isfinite(kernel)):
+        raise ValueError(f"kernel file {path}: the kernel needs finite values and odd sizes, got shape {kernel.shape}")
+    return tuple(float(t) for t in rows), tuple(float(t) for t in cols)
+
+
 @struct.dataclass
 class GaussianBlur(_FullMeasurement):
-    """Separable Gaussian blur per channel with zeros outside the image: A X = K_r X K_c^T, (H,W,C) -> (H,W,C).
+    """Separable blur per channel with zeros outside the image: A X = K_r X K_c^T, (H,W,C) -> (H,W,C).
 
-    kernel_size: odd number of taps; width: Gaussian std in pixels. apply is the exact blur. The SVD comes
+    kernel_size: odd number of taps; width: Gaussian std in pixels; or taps = (row taps, column taps), any
+    separable kernel with odd sizes (e.g. from `read_kernel_file`), which replaces the Gaussian. apply is the
+    exact blur. The SVD comes
     from the 1-D SVDs (V^T x = V_r^T X V_c, s_ij = s_i^r s_j^c) with 1-D singular values below `threshold`
     set to 0 first (3e-2 as in DDRM); singular_values(), pinv and the projector P = pinv(apply(x)) = V_r V_r^T
     all come from this one truncated SVD, so A A^+ A = A holds exactly only for threshold = 0.
@@ -264,10 +318,15 @@ class GaussianBlur(_FullMeasurement):
     noise_std: float = struct.field(pytree_node=False)
     signal_shape: tuple[int, ...] = struct.field(pytree_node=False)
     threshold: float = struct.field(pytree_node=False, default=3e-2)
+    taps: tuple[tuple[float, ...], tuple[float, ...]] | None = struct.field(pytree_node=False, default=None)
     linear = True
 
     def __post_init__(self):
         _check_image_shape(self.signal_shape, "GaussianBlur")
+        if self.taps is not None:
+            if len(self.taps) != 2 or any(len(t) % 2 == 0 for t in self.taps):
+                raise ValueError("GaussianBlur taps must be (row taps, column taps), each of odd length")
+            return
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"GaussianBlur kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.width <= 0:
@@ -275,7 +334,8 @@ class GaussianBlur(_FullMeasurement):
 
     def _factors(self, axis: int, dtype):
         """(K, U, s, V) of the 1-D blur along image axis 0 (rows) or 1 (columns), as jnp arrays."""
-        mats = _blur_factors(self.signal_shape[axis], self.kernel_size, float(self.width), float(self.threshold))
+        taps = gaussian_taps(self.kernel_size, float(self.width)) if self.taps is None else self.taps[axis]
+        mats = _blur_factors(self.signal_shape[axis], tuple(taps), float(self.threshold))
         return tuple(jnp.asarray(m, dtype) for m in mats)
 
     @staticmethod
@@ -462,12 +522,14 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
 
     Recognised names and their settings (every name also takes noise_std):
       denoise
-      inpaint, impute              hidden_fraction, mask_seed, per_measurement (draw a mask per y); 'impute' is
-                                   the same operator, named for vertex signals (V, C)
+      inpaint, impute              hidden_fraction, mask_seed, per_measurement (draw a mask per y), or
+                                   mask_file (one shared mask from a .npy/.npz file, replacing the drawn one);
+                                   'impute' is the same operator, named for vertex signals (V, C)
       inpaint_blind                hidden_min, hidden_max (mask level per y, not shown to the flow)
       inpaint_box                  box_size, box_top, box_left (optional; default: centred)
       sr                           factor (average pooling)
-      deblur                       kernel_size, width, threshold (optional, default 3e-2)
+      deblur                       kernel_size, width, threshold (optional, default 3e-2), or kernel_file (a
+                                   separable kernel from a .npy/.npz file, replacing the Gaussian)
       saturate                     gain
     """
     name = cfg.name
@@ -482,7 +544,11 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
                 lambda key: Inpaint(random_mask(key, signal_shape, cfg.hidden_fraction), s, show_mask=True),
                 signal_shape,
             )
-        op = Inpaint(random_mask(jax.random.PRNGKey(cfg.mask_seed), signal_shape, cfg.hidden_fraction), s)
+        if cfg.get("mask_file"):
+            mask = read_mask_file(cfg.mask_file, signal_shape)
+        else:
+            mask = random_mask(jax.random.PRNGKey(cfg.mask_seed), signal_shape, cfg.hidden_fraction)
+        op = Inpaint(mask, s)
         return OperatorFamily(lambda key: op, signal_shape)
     if name == "inpaint_blind":
 
@@ -499,12 +565,14 @@ def make_operator_family(cfg, signal_shape: tuple[int, ...]) -> OperatorFamily:
         op = SuperResolution(factor=int(cfg.factor), noise_std=s, signal_shape=signal_shape)
         return OperatorFamily(lambda key: op, signal_shape)
     if name == "deblur":
+        taps = read_kernel_file(cfg.kernel_file) if cfg.get("kernel_file") else None
         op = GaussianBlur(
-            kernel_size=int(cfg.kernel_size),
-            width=float(cfg.width),
+            kernel_size=int(cfg.get("kernel_size") or 0) if taps is None else len(taps[0]),
+            width=float(cfg.get("width") or 0.0),
             noise_std=s,
             signal_shape=signal_shape,
             threshold=float(cfg.get("threshold", 3e-2)),
+            taps=taps,
         )
         return OperatorFamily(lambda key: op, signal_shape)
     if name == "saturate":

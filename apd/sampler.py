@@ -41,6 +41,7 @@ class Sampler:
         self._reference_op = self.family.draw(jax.random.PRNGKey(0))
         self.needs_operator = bool(getattr(self._reference_op, "show_mask", False))
         self._draw = jax.jit(self._draw_samples, static_argnums=(3,))
+        self._draw_each = jax.jit(jax.vmap(self._draw_one, in_axes=(None, 0, 0, None)), static_argnums=(3,))
 
     @property
     def signal_shape(self) -> tuple[int, ...]:
@@ -53,6 +54,10 @@ class Sampler:
     def _draw_samples(self, params, cond, key, num_samples):
         x = flows.sample(self.flow, params, key, repeat_batch(cond, num_samples))
         return x.reshape((-1, num_samples) + self.signal_shape)
+
+    def _draw_one(self, params, cond, key, num_samples):
+        cond = jax.tree.map(lambda a: a[None], cond)
+        return flows.sample(self.flow, params, key, repeat_batch(cond, num_samples))
 
     def _check(self, y) -> tuple[jax.Array, bool]:
         y = jnp.asarray(y, jnp.float32)
@@ -93,6 +98,19 @@ class Sampler:
         key = jax.random.PRNGKey(0) if key is None else key
         x = self._draw(self.params, self.condition(y, operator), key, int(num_samples))
         return x[0] if single else x
+
+    def sample_each(self, y, num_samples: int, keys: jax.Array, operator=None) -> jax.Array:
+        """Posterior samples (N, num_samples, *S) for y (N,*M), measurement i's drawn with keys[i] (keys (N, 2))
+        alone: the same key gives the same samples whichever measurements share the call.
+
+        operator: as in `sample`, a batch of N operators where the flow is told each measurement's mask.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        y, single = self._check(y)
+        if single or keys.shape[0] != y.shape[0]:
+            raise ValueError(f"sample_each needs y (N, *M) and N keys, got y {tuple(y.shape)} and keys {keys.shape}")
+        return self._draw_each(self.params, self.condition(y, operator), keys, int(num_samples))
 
     def posterior_mean_and_std(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None):
         """Mean and std over num_samples posterior samples, each shaped like the samples without their axis."""

@@ -9,13 +9,14 @@ about the order; the default stays "file" so that existing runs and inpainting m
 """
 from ml_collections import ConfigDict
 
+from apd.data import data_config
 from configs import defaults
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.data = ConfigDict(dict(name="bunny_mnist", max_train=20_000, vertex_order="file"))
+    config.data = data_config("bunny_mnist", max_train=20_000, vertex_order="file")
     config.prior = ConfigDict()
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(

@@ -8,13 +8,14 @@ Needs a GPU (one H200: roughly a day for 400k steps); on CPU run a few steps as 
 """
 from ml_collections import ConfigDict
 
+from apd.data import data_config
 from configs import defaults
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.data = ConfigDict(dict(name="celeba32"))
+    config.data = data_config("celeba32")
     config.prior = ConfigDict()
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(

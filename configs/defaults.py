@@ -1,5 +1,5 @@
 """Sections shared by the experiment configs; each experiment overrides what differs."""
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 
 def sde(**overrides) -> ConfigDict:
@@ -39,6 +39,8 @@ def flow_training(**overrides) -> ConfigDict:
         grad_clip=1.0,
         ema_decay=0.999,
         fit_output="prior",  # output map fitted to pairs from prior samples ('data': clean training signals; 'none')
+        # a user's measurement file (.npy y, or .npz y and mask) to train on instead of measuring clean signals
+        measurements=config_dict.placeholder(str),
         anneal_steps=0,  # 0: data weight 1 from the start; else a linear ramp that reaches 1 at this step
         log_every=100,
         eval_every=1_000,  # validation runs on logging steps: a multiple of log_every

@@ -4,13 +4,14 @@
 """
 from ml_collections import ConfigDict
 
+from apd.data import data_config
 from configs import defaults
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.data = ConfigDict(dict(name="digits"))
+    config.data = data_config("digits")
     config.prior = ConfigDict()
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(dict(name="mlp", width=512, num_blocks=4))

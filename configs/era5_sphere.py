@@ -7,13 +7,14 @@ era5_temp2m_16x set (8,510 / 2,420) for a prior worth the name.
 """
 from ml_collections import ConfigDict
 
+from apd.data import data_config
 from configs import defaults
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.data = ConfigDict(dict(name="era5_sphere"))
+    config.data = data_config("era5_sphere")
     config.prior = ConfigDict()
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(dict(name="mlp", width=1024, num_blocks=4))

@@ -4,13 +4,14 @@
 """
 from ml_collections import ConfigDict
 
+from apd.data import data_config
 from configs import defaults
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.data = ConfigDict(dict(name="mnist"))
+    config.data = data_config("mnist")
     config.prior = ConfigDict()
     config.prior.sde = defaults.sde()
     config.prior.model = ConfigDict(

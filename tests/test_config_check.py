@@ -2,13 +2,16 @@
 command lines exit 1 with one line and write nothing."""
 import glob
 import importlib
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from apd.config_check import check_config, config_problems
+from apd.data import DATA_OPTIONS
 from configs import digits_denoise
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +36,9 @@ def test_shipped_configs_pass(name):
         (("flow", "training", "eval_every"), 150, "flow.training.eval_every 150 must be a multiple of log_every 100"),
         (("prior", "training", "lr"), -1e-3, "prior.training.lr must be a number > 0, got -0.001"),
         (("data", "name"), "cifar", "data.name 'cifar' is unknown"),
+        (("data", "max_train"), 0, "data.max_train must be a positive integer, got 0"),
+        (("data", "source"), "tfds", "data.source is not an option of digits; options: path, max_train, max_eval"),
+        (("flow", "training", "measurements"), "/no/y.npz", "flow.training.measurements /no/y.npz does not exist"),
     ],
 )
 def test_each_bad_setting_is_named(path, value, problem):
@@ -55,6 +61,55 @@ def test_inpainting_fractions_and_all_problems_at_once():
     assert message.startswith("invalid config: ") and "\n" not in message
     for part in ("operator.noise_std", "operator.hidden_fraction must be in [0, 1), got 1.5", "flow.training.num_z"):
         assert part in message
+
+
+def test_files_named_by_operator_and_flow(tmp_path):
+    np.save(tmp_path / "y.npy", np.zeros((2, 8, 8, 1)))
+    config = digits_denoise.get_config()
+    config.operator = dict(name="inpaint", noise_std=0.1, mask_file=str(tmp_path / "m.npy"), per_measurement=True)
+    config.flow.training.measurements = str(tmp_path / "y.npy")
+    config.flow.training.fit_output = "data"
+    assert config_problems(config, ["operator", "flow"]) == [
+        f"operator.mask_file {tmp_path / 'm.npy'} does not exist",
+        "operator.mask_file gives one shared mask; per_measurement draws one per measurement: set only one",
+        "flow.training.fit_output='data' fits clean signals, which training from flow.training.measurements does "
+        "not use: use 'prior' or 'none'",
+    ]
+    config.operator = dict(name="deblur", noise_std=0.1, kernel_file=str(tmp_path / "k.npy"))
+    assert config_problems(config, ["operator"]) == [f"operator.kernel_file {tmp_path / 'k.npy'} does not exist"]
+
+
+_DATA_OPTIONS_SCRIPT = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+from apd.config_check import config_problems
+names = sys.argv[1].split(",")
+for name in names:
+    config_flags.DEFINE_config_file("c_" + name, "configs/" + name + ".py")
+flags.FLAGS(sys.argv[1:2] + sys.argv[2:])
+out = {n: [dict(getattr(flags.FLAGS, "c_" + n).data), config_problems(getattr(flags.FLAGS, "c_" + n), ["data"])]
+       for n in names}
+print(json.dumps(out))
+"""
+
+
+def test_every_data_option_is_settable_from_the_command_line():
+    """Every option of each task's data set is declared (typed, with its default) and takes a command-line value."""
+    names = [c for c in CONFIGS if c not in ("__init__", "defaults")]
+    values = {"path": "/data/x.npz", "mnist_path": "/data/mnist.npz", "tfds_dir": "/tfds", "source": "tfds",
+              "max_train": "5", "max_eval": "3", "include_pressure_levels": "true", "vertex_order": "walk"}
+    args = []
+    for name in names:
+        options = DATA_OPTIONS[importlib.import_module(f"configs.{name}").get_config().data.name]
+        args += [f"--c_{name}.data.{k}={values[k]}" for k in options]
+    run = subprocess.run([sys.executable, "-c", _DATA_OPTIONS_SCRIPT, ",".join(names), *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name, (data, problems) in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        assert sorted(data) == sorted(["name", *DATA_OPTIONS[data["name"]]]) and problems == [], name
+        assert data["max_eval"] == 3 and data["path"] == "/data/x.npz", name
+        assert data.get("source", "tfds") == "tfds" and data.get("max_train", 5) == 5, name
 
 
 def test_command_line_refuses_a_bad_config_before_any_work(tmp_path):

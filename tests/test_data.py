@@ -1,4 +1,7 @@
 """apd.data: shapes, ranges, split sizes and rules, bunny painting, ERA5 normalisation and grid, errors."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -10,6 +13,7 @@ from apd.data import (DATASETS, Dataset, celeba_partition, grid_faces, load_data
                       paint, project_vertices, sphere_vertices)
 from apd.data.mesh_order import consecutive_edge_fraction, walk_order
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
 
@@ -40,6 +44,60 @@ def test_digits_partition_sklearn_set():
     assert d.split["seed"] == 0 and d.labels["val"].shape == (200,)
     again = load_dataset(cfg(name="digits"))
     np.testing.assert_array_equal(again.test, d.test)
+
+
+def test_digits_ship_with_the_package_without_scikit_learn(tmp_path):
+    d = load_dataset(cfg(name="digits", max_train=10, max_eval=5))
+    assert (len(d.train), len(d.val), len(d.test)) == (10, 5, 5)
+    np.testing.assert_array_equal(d.test, load_dataset(cfg(name="digits")).test[:5])
+    script = ("import sys; sys.modules['sklearn'] = None; sys.modules['scipy'] = None\n"
+              "from apd.data import load_dataset; import ml_collections\n"
+              "d = load_dataset(ml_collections.ConfigDict({'name': 'digits'})); print(len(d.train), d.train.sum())")
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-1000:]
+    count, total = run.stdout.split()
+    assert int(count) == 1397 and float(total) == pytest.approx(float(load_dataset(cfg(name="digits")).train.sum()))
+    np.savez(tmp_path / "bad.npz", images=np.zeros((5, 8, 8)), labels=np.zeros(5))
+    with pytest.raises(ValueError, match=r"digits images must be \(1797, 8, 8\), got \(5, 8, 8\)"):
+        load_dataset(cfg(name="digits", path=str(tmp_path / "bad.npz")))
+
+
+def _prepare_tiny_tfds_mnist(data_dir, counts):
+    """Write a tiny TFDS 'mnist' (array_record, no TensorFlow): image i of a split is filled with its index."""
+    import tensorflow_datasets as tfds
+
+    class TinyMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "mnist"
+        VERSION = tfds.core.Version("3.0.1")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(28, 28, 1)),
+                                                   "label": tfds.features.ClassLabel(num_classes=10)})
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(n) for split, n in counts.items()}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": Image.fromarray(np.full((28, 28), i, np.uint8)), "label": i % 10}
+
+    TinyMnist(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+
+def test_tfds_mnist_through_array_record_without_tensorflow(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+    with pytest.raises(FileNotFoundError, match="TFDS data set 'mnist' is not prepared in .*--file_format=array_record"):
+        load_dataset(cfg(name="mnist", source="tfds", tfds_dir=str(tmp_path)))
+    _prepare_tiny_tfds_mnist(tmp_path, {"train": 24, "test": 5})
+    d = load_dataset(cfg(name="mnist", source="tfds", tfds_dir=str(tmp_path), max_eval=4))
+    assert "tensorflow" not in sys.modules
+    assert (len(d.train), len(d.val), len(d.test)) == (22, 2, 4)  # val: the last 24 // 12 training rows
+    values = np.round(np.concatenate([d.train, d.val])[:, 0, 0, 0] * 255).astype(int)
+    assert sorted(values) == list(range(24))  # every training image once, in the stored order
+    np.testing.assert_array_equal(d.labels["train"], values[:22] % 10)
+    assert d.split["source"] == "tfds:mnist"
 
 
 @needs_data
@@ -192,6 +250,10 @@ def test_era5_full_set_layouts(tmp_path):
     d = load_dataset(cfg(name="era5_sphere", path=str(flat)))
     # round(10 * 2420 / 10930) = 2 test files; val = max(1, 8 // 20) = 1 of the 8 train files
     assert (len(d.train), len(d.val), len(d.test)) == (7, 1, 2)
+    capped = load_dataset(cfg(name="era5_sphere", path=str(flat), max_train=3, max_eval=1))
+    assert (len(capped.train), len(capped.val), len(capped.test)) == (3, 1, 1)
+    np.testing.assert_array_equal(capped.train, d.train[:3])
+    assert capped.split["sizes"] == {"train": 3, "val": 1, "test": 1}
     assert d.split["files"]["test"] == ["00008.npz", "00009.npz"] and d.lat[0] == 90
     np.testing.assert_allclose(d.test[0, -1, 0], (268.0 - 202.66) / 118.27, atol=1e-6)  # south row flipped last
     np.testing.assert_allclose(d.test[0, 0, 0], (258.0 - 202.66) / 118.27, atol=1e-6)

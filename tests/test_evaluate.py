@@ -185,7 +185,7 @@ def test_files_written(evaluation, tmp_path):
     results, _ = evaluation
     paths = write_outputs(results, str(tmp_path))
     assert sorted(paths) == ["results.csv", "results.json", "results.md", "test_calibration.png", "test_figure.png",
-                             "test_signals.npz"]
+                             "test_measurements.npz", "test_signals.npz"]
     with open(paths["results.csv"]) as f:
         lines = list(csv.DictReader(f))
     assert [(r["method"], r["samples"]) for r in lines][:3] == [("apd", "1"), ("apd", str(B)), ("apd", str(K))]

@@ -15,6 +15,7 @@ from apd.operators import (
     Saturate,
     SuperResolution,
     _blur_factors,
+    gaussian_taps,
     box_mask,
     broadcast_operator,
     make_operator_family,
@@ -122,7 +123,7 @@ def test_superresolution_bad_shape():
 
 
 def test_blur_kernel_numbers():
-    k, u, s, v = _blur_factors(6, 3, 1.0, 0.0)
+    k, u, s, v = _blur_factors(6, gaussian_taps(3, 1.0), 0.0)
     taps = np.exp(-np.array([1.0, 0.0, 1.0]) / 2)
     taps /= taps.sum()
     np.testing.assert_allclose(k[2, 1:4], taps)
@@ -141,9 +142,9 @@ def test_blur_truncated_svd():
     exact = GaussianBlur(5, 2.0, 0.1, IMAGE, threshold=0.0)
     x = _rand(6, IMAGE)
     np.testing.assert_allclose(op.apply(x), exact.apply(x))
-    k, u, s, v = _blur_factors(8, 5, 2.0, 3e-2)
+    k, u, s, v = _blur_factors(8, gaussian_taps(5, 2.0), 3e-2)
     assert s[-1] == 0.0 and np.all(s[:-1] > 3e-2)
-    s_min_exact = _blur_factors(8, 5, 2.0, 0.0)[2][-1]
+    s_min_exact = _blur_factors(8, gaussian_taps(5, 2.0), 0.0)[2][-1]
     np.testing.assert_allclose(s_min_exact, 0.0089, atol=1e-4)
     # Dense truncated A_r = kron(K_r', K_c') per channel; pinv of the operator = numpy pinv of A_r.
     k_t = u @ np.diag(s) @ v.T
@@ -371,3 +372,35 @@ def test_matrix_rank_deficient_and_batched():
     np.testing.assert_allclose(out[1], 2.0 * op.apply(x), rtol=1e-5)
     with pytest.raises(ValueError, match=r"6 columns cannot act on signals of shape \(4, 1\)"):
         Matrix.create(m, 0.1, (4, 1))
+
+
+def test_masks_and_kernels_from_files(tmp_path):
+    from ml_collections import ConfigDict
+
+    mask = np.ones((8, 8), np.float32)
+    mask[2:5, 3:6] = 0.0
+    np.save(tmp_path / "mask.npy", mask)  # without the channel axis: shared by both channels
+    family = make_operator_family(ConfigDict(dict(name="inpaint", noise_std=0.1, mask_file=str(tmp_path / "mask.npy"))),
+                                  IMAGE)
+    op = family.draw(jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(op.mask, np.broadcast_to(mask[..., None], IMAGE))
+    assert not op.show_mask and float(op.num_measured) == 2 * (64 - 9)
+    np.savez(tmp_path / "bad.npz", mask=np.full(IMAGE, 0.5))
+    with pytest.raises(ValueError, match="mask values must be 0 \\(hidden\\) or 1 \\(observed\\)"):
+        make_operator_family(ConfigDict(dict(name="inpaint", noise_std=0.1, mask_file=str(tmp_path / "bad.npz"))), IMAGE)
+
+    # A 1-D kernel file and its rank-1 2-D form reproduce the Gaussian blur's matrix exactly.
+    taps = np.array(gaussian_taps(3, 1.0))
+    np.save(tmp_path / "k1.npy", taps)
+    np.save(tmp_path / "k2.npy", np.outer(taps, taps))
+    x = jax.random.uniform(jax.random.PRNGKey(0), IMAGE)
+    gaussian = GaussianBlur(kernel_size=3, width=1.0, noise_std=0.1, signal_shape=IMAGE)
+    for name in ("k1.npy", "k2.npy"):
+        cfg = ConfigDict(dict(name="deblur", noise_std=0.1, kernel_file=str(tmp_path / name)))
+        blur = make_operator_family(cfg, IMAGE).draw(jax.random.PRNGKey(0))
+        np.testing.assert_allclose(blur.apply(x), gaussian.apply(x), atol=1e-6)
+        np.testing.assert_allclose(blur.pinv(blur.apply(x)), gaussian.pinv(gaussian.apply(x)), atol=1e-4)
+    np.save(tmp_path / "box.npy", np.eye(3) / 3)
+    with pytest.raises(ValueError, match="the 2-D kernel must be separable \\(rank 1\\), its second singular value is 1 "):
+        make_operator_family(ConfigDict(dict(name="deblur", noise_std=0.1, kernel_file=str(tmp_path / "box.npy"))),
+                             IMAGE)

@@ -119,18 +119,68 @@ def cap(x: np.ndarray, limit: int | None) -> np.ndarray:
     return x if limit is None else x[:limit]
 
 
-def tfds_numpy(name: str, split: str, data_dir: str | None, batch_size: int | None):
-    """A TFDS split the user has already prepared, as numpy (never downloads).
+def tfds_source(name: str, split: str, data_dir: str | None):
+    """One split of a TFDS set the user has already prepared, as a random-access source of numpy examples
+    (`source[i]` -> dict, `len(source)`); never downloads and needs no TensorFlow.
 
-    batch_size=-1 gives one dict of full arrays; None gives an iterator of single examples.
+    Reads <data_dir or $TFDS_DATA_DIR or ~/tensorflow_datasets>/<name>/<latest version>/ through TFDS's
+    array-record data source (tfds.builder_from_directory(...).as_data_source), so the set must have been
+    prepared with `tfds build <name> --file_format=array_record`.
     """
-    import tensorflow_datasets as tfds
-
     try:
-        data = tfds.load(name, split=split, batch_size=batch_size, download=False, data_dir=data_dir)
-    except AssertionError:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("data.source='tfds' needs tensorflow-datasets and array_record: pip install 'apd[tfds]'"
+                          ) from None
+    root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / name
+    versions = sorted((d for d in root.glob("*") if (d / "dataset_info.json").is_file()),
+                      key=lambda d: tuple(int(v) if v.isdigit() else 0 for v in d.name.split(".")))
+    if not versions:
         raise FileNotFoundError(
-            f"TFDS data set {name!r} is not prepared in {data_dir or 'the default TFDS folder'};"
-            " prepare it on a connected machine (tfds build) and pass data.tfds_dir, or use data.source='file'"
-        ) from None
-    return tfds.as_numpy(data)
+            f"TFDS data set {name!r} is not prepared in {root.parent}; prepare it on a connected machine with "
+            f"`tfds build {name} --file_format=array_record --data_dir=DIR` and pass data.tfds_dir=DIR, or use "
+            "data.source='file'"
+        )
+    builder = tfds.builder_from_directory(str(versions[-1]))
+    if str(getattr(builder.info.file_format, "value", builder.info.file_format)) != "array_record":
+        raise ValueError(f"TFDS data set {name!r} in {versions[-1]} is stored as {builder.info.file_format}; reading "
+                         f"it without TensorFlow needs array_record: `tfds build {name} --file_format=array_record`")
+    return builder.as_data_source(split=split)
+
+
+GEOMETRY_FIELDS = ("vertices", "faces", "lat", "lon", "grid_shape")
+
+
+def save_geometry(path, dataset) -> str:
+    """Write what a figure of the data set's signals needs (kind, signal_shape, mesh, grid), no signals."""
+    arrays = {"kind": np.array(dataset.kind), "signal_shape": np.array(dataset.signal_shape, np.int64)}
+    arrays.update({f: np.asarray(getattr(dataset, f)) for f in GEOMETRY_FIELDS if getattr(dataset, f) is not None})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+    return os.fspath(path)
+
+
+def load_geometry(path) -> Dataset:
+    """The geometry written by save_geometry, as a Dataset with empty splits (for the figure functions)."""
+    with np.load(path) as f:
+        shape = tuple(int(v) for v in f["signal_shape"])
+        fields = {k: f[k] for k in GEOMETRY_FIELDS if k in f.files}
+        kind = str(f["kind"])
+    if "grid_shape" in fields:
+        fields["grid_shape"] = tuple(int(v) for v in fields["grid_shape"])
+    empty = np.zeros((0,) + shape, np.float32)
+    return Dataset(name="geometry", train=empty, val=empty, test=empty, signal_shape=shape, kind=kind,
+                   split={"source": os.fspath(path)}, **fields)
+
+
+class SignalsWithheld:
+    """A data set's geometry (name, signal_shape, kind, vertices, faces, lat, lon, grid_shape) with its signals
+    withheld: reading train, val or test raises RuntimeError(reason). For stages that may use no clean signal."""
+
+    def __init__(self, dataset, reason: str):
+        self._dataset, self._reason = dataset, reason
+
+    def __getattr__(self, name):
+        if name in ("train", "val", "test", "labels"):
+            raise RuntimeError(f"{self._reason}: the clean signals ({name}) are withheld")
+        return getattr(self._dataset, name)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apd.data.base import Dataset, load_npz, locate
+from apd.data.base import Dataset, cap, load_npz, locate
 
 T_MIN = 202.66  # Kelvin
 T_MAX = 320.93
@@ -65,12 +65,17 @@ def grid_faces(lat: np.ndarray, n_lon: int) -> np.ndarray:
 
 
 def load_era5_sphere(cfg) -> Dataset:
-    """ERA5 2 m temperature as vertex signals (4140, 1); cfg.path is the offline .npz or a full-set folder."""
+    """ERA5 2 m temperature as vertex signals (4140, 1); cfg.path is the offline .npz or a full-set folder;
+    optional caps cfg.max_train (train fields) and cfg.max_eval (val and test fields each), the first kept."""
     path = locate(cfg.get("path"), OFFLINE_FILE, folder_ok=lambda d: bool(_full_set_files(d)))
     if path.is_dir():
         fields, lat, lon, split = _read_full_set(path)
     else:
         fields, lat, lon, split = _read_offline(path, cfg.get("include_pressure_levels", False))
+    limits = {"train": cfg.get("max_train"), "val": cfg.get("max_eval"), "test": cfg.get("max_eval")}
+    if any(v is not None for v in limits.values()):
+        fields = {p: cap(fields[p], limits[p]) for p in PARTS}
+        split = {**split, "caps": limits, "sizes": {p: len(fields[p]) for p in PARTS}}
     if lat[0] < lat[-1]:  # south-first grid: flip so row 0 is north
         lat = lat[::-1]
         fields = {p: f[:, ::-1] for p, f in fields.items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apd.data.base import Dataset, cap, load_npz, locate, tfds_numpy, to_unit
+from apd.data.base import Dataset, cap, load_npz, locate, tfds_source, to_unit
 
 SIZE = 32
 SHAPE = (SIZE, SIZE, 3)
@@ -106,7 +106,7 @@ def load_celeba32(cfg) -> Dataset:
 
 
 def load_ffhq32(cfg) -> Dataset:
-    """FFHQ 32x32 sample, all in test (out-of-distribution checks)."""
+    """FFHQ 32x32 sample, all in test (out-of-distribution checks); optional cap cfg.max_eval (test rows)."""
     path = locate(cfg.get("path"), FFHQ_FILE, folder_ok=lambda d: bool(image_files(d)))
     if path.is_dir():
         files = image_files(path)
@@ -116,6 +116,7 @@ def load_ffhq32(cfg) -> Dataset:
         arrays = load_npz(path, ("images", "ffhq_id"))
         test, ids = arrays["images"], arrays["ffhq_id"].tolist()
     _check_images(test, path)
+    test, ids = cap(test, cfg.get("max_eval")), cap(ids, cfg.get("max_eval"))
     empty = np.zeros((0, *SHAPE), np.float32)
     return Dataset(
         name="ffhq32",
@@ -152,10 +153,10 @@ def _celeba_tfds(cfg) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     images, ids = {}, {}
     for part, tfds_split in zip(PARTS, ("train", "validation", "test")):
         rows = []
-        for i, example in enumerate(tfds_numpy("celeb_a", tfds_split, cfg.get("tfds_dir"), batch_size=None)):
-            if limits[tfds_split] is not None and i >= limits[tfds_split]:
-                break
-            image = _crop_resize(Image.fromarray(example["image"]), CELEBA_CROP[0] / CELEBA_CROP[1])
+        source = tfds_source("celeb_a", tfds_split, cfg.get("tfds_dir"))
+        count = len(source) if limits[tfds_split] is None else min(len(source), limits[tfds_split])
+        for i in range(count):
+            image = _crop_resize(Image.fromarray(np.asarray(source[i]["image"], np.uint8)), CELEBA_CROP[0] / CELEBA_CROP[1])
             rows.append(np.asarray(image, np.uint8))
         images[part] = np.stack(rows) if rows else np.zeros((0, *SHAPE), np.uint8)
         ids[part] = np.zeros((0,), np.int64)  # TFDS celeb_a carries no file ids

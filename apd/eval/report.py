@@ -2,7 +2,8 @@
 
 In the output folder: results.md (one method x metric table per measurement set, with notes), results.csv
 (one line per set and row), results.json (rows, config, settings, seeds, package versions, notes), and per
-measurement set <set>_signals.npz (truth, shown y, every scored estimate, APD samples and std) and
+measurement set <set>_signals.npz (truth, shown y, every scored estimate, APD samples and std),
+<set>_measurements.npz (the measurements y and masks as used, a file `sample.py` reads) and
 <set>_figure.png (rows truth, y, APD samples, APD mean, std, each baseline; images as a grid, mesh signals as
 renders, sphere signals as lat-lon maps) and <set>_calibration.png (coverage against level per method).
 """
@@ -15,6 +16,7 @@ import os
 import numpy as np
 
 from apd.eval.figures import save_calibration_curves, save_dataset_figure
+from apd.measurement_files import write_measurement_file
 
 DISPLAY_NAMES = {
     "apd": "APD",
@@ -54,7 +56,7 @@ LEGEND = (
     "seconds after compilation, per measurement (all measurements batched) and for 128 samples of one measurement."
 )
 FIGURE_COLUMNS = 8  # measurements shown in a figure
-IN_MEMORY = ("dataset", "signals")  # set entries that stay out of results.json
+IN_MEMORY = ("dataset", "signals", "measurements")  # set entries that stay out of results.json
 
 
 def method_label(row: dict) -> str:
@@ -196,6 +198,9 @@ def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
         npz = os.path.join(out_dir, f"{name}_signals.npz")
         np.savez_compressed(npz, **entry["signals"])
         paths[os.path.basename(npz)] = npz
+        if "measurements" in entry:
+            npz = write_measurement_file(os.path.join(out_dir, f"{name}_measurements.npz"), **entry["measurements"])
+            paths[os.path.basename(npz)] = npz
         png = save_dataset_figure(os.path.join(out_dir, f"{name}_figure.png"), entry["dataset"], figure_rows(entry))
         paths[os.path.basename(png)] = png
         calibration = entry.get("calibration", {})

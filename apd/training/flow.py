@@ -1,12 +1,18 @@
 """Training the amortized posterior (the APD flow) against a frozen prior, data-parallel over a device mesh.
 
-Each step draws training signals x_i (train split only), forms their fixed measurements y_i
-(`apd.measurements`), and minimises data_weight * (-log p(y|x)) - ELBO_prior(x) - log|det dG/dz| over
-num_z flow samples per measurement (`apd.objective`). Every eval_every steps, 1-sample and mean-of-K PSNR on
-held-out validation measurements are logged.
+Two sources of training measurements:
+- clean signals (default): each step draws training signals x_i (train split only) and forms their fixed
+  measurements y_i (`apd.measurements`); every eval_every steps, 1-sample and mean-of-K PSNR on held-out
+  validation measurements are logged.
+- a measurement file (config.flow.training.measurements = 'y.npz', see `apd.measurement_files`): the flow
+  trains on the user's y alone and no clean signal is touched (the output fit uses prior samples); the last
+  min(eval_num_measurements, N // 10) measurements are held back, and validation logs the objective's own
+  value on them, val_kl_plus_evidence = E[KL(q(.|y) || p(.|y)) - log p(y)] (nats, lower is better).
+Either way each step minimises data_weight * (-log p(y|x)) - ELBO_prior(x) - log|det dG/dz| over num_z flow
+samples per measurement (`apd.objective`).
 
 Artefacts under workdir/flow/: config.json, checkpoints/ (state = params, ema_params, opt_state, step, rng),
-metrics.jsonl and TensorBoard events.
+geometry.npz (what figures of the signals need, no signals), metrics.jsonl and TensorBoard events.
 """
 from __future__ import annotations
 
@@ -21,9 +27,11 @@ import optax
 
 from apd import flows
 from apd.eval.metrics import psnr
+from apd.data.base import save_geometry
+from apd.measurement_files import prepare_measurements, read_measurement_file, take
 from apd.measurements import measure, split_key
-from apd.objective import apd_loss, apd_terms, data_weight_schedule, repeat_batch
-from apd.operators import OperatorFamily, make_operator_family
+from apd.objective import apd_loss, apd_terms, data_weight_schedule, kl_plus_evidence, repeat_batch
+from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
@@ -85,17 +93,17 @@ def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, 
     return params if pairs is None else flows.fit_output(params, *pairs)
 
 
-def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
-    """step(state, prior, x (B,*S), index (B,)) -> (state, metrics); pure and jit-able.
+def make_update(flow: nn.Module, tx, training_cfg):
+    """update(state, prior, ops, y (B,*M)) -> (state, metrics): one APD step on given measurements; pure, jit-able.
 
-    The prior is an argument (its parameters are traced, not baked into the compiled step).
+    The prior is an argument (its parameters are traced, not baked into the compiled step); ops: B operators
+    (leading axis B).
     """
     num_z, draws = int(training_cfg.num_z), int(training_cfg.elbo_draws)
     decay, anneal = float(training_cfg.ema_decay), int(training_cfg.get("anneal_steps", 0))
 
-    def step(state, prior, x, index):
+    def update(state, prior, ops, y):
         rng, key = jax.random.split(state["rng"])
-        ops, y = measure(family, measurement_key, x, index)
         weight = data_weight_schedule(state["step"], anneal)
 
         def loss_fn(params):
@@ -113,7 +121,40 @@ def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, m
         }
         return apply_gradients(state, grads, tx, decay, rng), metrics
 
+    return update
+
+
+def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
+    """step(state, prior, x (B,*S), index (B,)) -> (state, metrics): measures x (fixed y_i per index i), then
+    `make_update`'s step; pure and jit-able."""
+    update = make_update(flow, tx, training_cfg)
+
+    def step(state, prior, x, index):
+        ops, y = measure(family, measurement_key, x, index)
+        return update(state, prior, ops, y)
+
     return step
+
+
+def make_objective_eval_fn(flow: nn.Module, num_z: int, elbo_draws: int = 1):
+    """eval(params, prior, ops, y (B,*M), key) -> KL(q(.|y) || p(.|y)) - log p(y) per measurement (B,), nats:
+    the validation of a flow trained without ground truth (num_z flow samples per measurement)."""
+
+    def evaluate(params, prior, ops, y, key):
+        terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, elbo_draws=elbo_draws)
+        return kl_plus_evidence(terms)
+
+    return evaluate
+
+
+def measurement_training_set(config, family: OperatorFamily, path: str):
+    """(y (N,*M) float32, per-measurement operators (leading axis N) or None, reference operator) of a user's
+    measurement file for the task of config; one-line ValueError for a file that does not fit the task."""
+    reference = family.draw(jax.random.PRNGKey(0))
+    y, mask = read_measurement_file(path)
+    y, ops = prepare_measurements(y, mask, reference, f"operator {config.operator.name!r}",
+                                  blind=config.operator.name == "inpaint_blind")
+    return np.asarray(y), (ops if getattr(reference, "show_mask", False) else None), reference
 
 
 def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key):
@@ -132,24 +173,32 @@ def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, meas
 def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, dataset) -> tuple[nn.Module, dict]:
     """Train (or resume, or load) the APD flow of `config` in workdir/flow; returns (flow module, EMA params).
 
-    dataset: .train and .val arrays (N,*S) in [0,1] and .signal_shape (apd.data.Dataset).
+    dataset: .signal_shape and .kind (apd.data.Dataset); .train and .val arrays (N,*S) in [0,1] are read only
+    without config.flow.training.measurements (and for fit_output='data'), never with it.
     """
     tcfg = config.flow.training
+    measurements = tcfg.get("measurements")
+    mode = tcfg.get("fit_output", "prior")
+    if measurements and mode == "data":
+        raise ValueError("flow.training.fit_output='data' fits clean signals; with flow.training.measurements the "
+                         "flow stage uses none: use 'prior' or 'none'")
     signal_shape = tuple(dataset.signal_shape)
     flow = flows.make_flow(config.flow.model, signal_shape)
     family = make_operator_family(config.operator, signal_shape)
+    if measurements:
+        y_all, ops_all, reference = measurement_training_set(config, family, measurements)
     tx = make_optimizer(tcfg)
     mesh = data_mesh()
     init = jax.jit(lambda k: init_flow_state(flow, family, tx, k), out_shardings=replicated(mesh))
     state = init(jax.random.PRNGKey(config.seed + 7))
 
-    train_key = split_key(config.seed, "train")
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(state, latest)
     else:
-        params = jax.device_put(start_params(config, flow, family, prior, dataset.train), replicated(mesh))
+        train = dataset.train if mode == "data" else None
+        params = jax.device_put(start_params(config, flow, family, prior, train), replicated(mesh))
         state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
     if latest is not None and latest >= tcfg.num_steps:
         checkpointer.close()
@@ -159,18 +208,30 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
     if is_main:
         saved = ml_collections.ConfigDict(config.to_dict())
         saved.flow.signal_shape = signal_shape
+        if measurements:
+            saved.flow.training.measurements = os.path.abspath(measurements)
         save_config(flow_dir(workdir), saved)
+        save_geometry(os.path.join(flow_dir(workdir), "geometry.npz"), dataset)
+    prior = jax.device_put(prior, replicated(mesh))
+    if measurements:
+        batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference)
+        step_fn = jax.jit(make_update(flow, tx, tcfg), donate_argnums=0, out_shardings=(replicated(mesh), None))
+    else:
+        batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset)
+        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train")),
+                          donate_argnums=0, out_shardings=(replicated(mesh), None))
+    state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
+    return flow, state["ema_params"]
 
-    step_fn = jax.jit(
-        make_train_step(flow, family, tx, tcfg, train_key), donate_argnums=0, out_shardings=(replicated(mesh), None)
-    )
+
+def _signal_batches(config, flow, family, mesh, prior, dataset):
+    """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR."""
+    tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
     eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
     eval_x = jnp.asarray(dataset.val[:eval_n])
     eval_idx = jnp.arange(eval_n)
-
     train = np.asarray(dataset.train, np.float32)
-    prior = jax.device_put(prior, replicated(mesh))
 
     def batch(step):
         idx = batch_indices(train.shape[0], config.seed, 1, step, tcfg.batch_size)
@@ -182,8 +243,35 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
         one, mean = eval_fn(state["ema_params"], eval_x, eval_idx, jax.random.PRNGKey(done))
         return {"val_psnr_1": float(jnp.mean(one)), f"val_psnr_mean{int(tcfg.eval_num_samples)}": float(jnp.mean(mean))}
 
-    state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
-    return flow, state["ema_params"]
+    return batch, validation
+
+
+def _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference):
+    """(batch(step), validation(done, state)) of training on a measurement file: operators and y; validation
+    by the objective's value (KL + evidence) on the last held-back measurements."""
+    tcfg = config.flow.training
+    n = y_all.shape[0]
+    held = min(int(tcfg.eval_num_measurements), n // 10)
+    n_train = n - held
+
+    def ops_of(index):
+        return broadcast_operator(reference, len(index)) if ops_all is None else take(ops_all, index)
+
+    def batch(step):
+        idx = batch_indices(n_train, config.seed, 1, step, tcfg.batch_size)
+        return (prior, *shard_batch(mesh, (ops_of(idx), y_all[idx])))
+
+    eval_fn = jax.jit(make_objective_eval_fn(flow, int(tcfg.eval_num_samples), int(tcfg.elbo_draws)))
+    held_idx = np.arange(n_train, n)
+
+    def validation(done, state):
+        if not held or (done % tcfg.eval_every and done != tcfg.num_steps):
+            return {}
+        value = eval_fn(state["ema_params"], prior, ops_of(held_idx), jnp.asarray(y_all[held_idx]),
+                        jax.random.PRNGKey(done))
+        return {"val_kl_plus_evidence": float(jnp.mean(value))}
+
+    return batch, validation
 
 
 def flow_exists(workdir: str) -> bool:
