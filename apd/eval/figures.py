@@ -12,6 +12,7 @@ pixels. Each function writes the file (creating its folder) and returns its path
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -23,6 +24,7 @@ from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 DPI = 100
 CELL_INCHES = 1.0  # height of every cell; images and meshes use square cells
 LABEL_INCHES = 1.0  # width of the row-label column
+LABEL_CHARS = 14  # longer label lines wrap so that they fit that column at font size 8
 CELL_MARGIN = 0.03  # blank fraction of a cell's width and height on each side
 SCALED_CMAP = "viridis"
 BUNNY_FRONT_VIEW = (90.0, -90.0)  # (elev, azim): looking down -z from +z, x to the right, y up
@@ -50,7 +52,8 @@ def _grid(nrows: int, ncols: int, cell_width: float, labels: list[str], projecti
     axes = []
     for r, label in enumerate(labels):
         bottom = 1.0 - (r + 1) / nrows
-        fig.text(0.5 * LABEL_INCHES / width, bottom + 0.5 / nrows, label, ha="center", va="center", fontsize=8)
+        wrapped = "\n".join(textwrap.fill(line, LABEL_CHARS) for line in label.split("\n"))
+        fig.text(0.5 * LABEL_INCHES / width, bottom + 0.5 / nrows, wrapped, ha="center", va="center", fontsize=8)
         row = []
         for c in range(ncols):
             left = (LABEL_INCHES + (c + CELL_MARGIN) * cell_width) / width
