@@ -140,6 +140,9 @@ def _flow_problems(flow) -> list[str]:
     if training is None:
         return problems
     problems += _positive_ints(training, "flow.training", ("num_z", "elbo_draws", "eval_every", "eval_num_samples"))
+    prior_signals = training.get("prior_signals", 0)
+    if not isinstance(prior_signals, int) or prior_signals < 0:
+        problems.append(f"flow.training.prior_signals must be a whole number >= 0, got {prior_signals!r}")
     mode = training.get("fit_output", "prior")
     if mode not in FIT_OUTPUT_MODES:
         problems.append(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")

@@ -295,3 +295,17 @@ def test_output_fit_from_prior_samples_is_the_wiener_filter():
     assert output_fit_pairs("none", 0, family, prior, untouched) is None
     with pytest.raises(ValueError, match="fit_output must be one of"):
         output_fit_pairs("clean", 0, family, prior, untouched)
+
+
+def test_prior_training_signals_are_drawn_once_and_kept(tmp_path):
+    from apd.training.flow import prior_training_signals
+
+    prior, lam = _gaussian_prior()
+    path = str(tmp_path / "prior_signals.npy")
+    signals = prior_training_signals(0, prior, 600, path)  # two chunks of the sampler
+    assert signals.shape == (600, 2) and signals.dtype == np.float32
+    tolerance = 4 * np.sqrt(lam / 600)
+    assert np.all(np.abs(signals.mean(axis=0) - [0.3, 0.7]) < tolerance)
+    assert len(np.unique(signals[:, 0])) == 600  # the chunks use different keys
+    np.save(path, signals + 1.0)  # a resumed run reads the file instead of sampling again
+    np.testing.assert_array_equal(prior_training_signals(0, prior, 600, path), signals + 1.0)

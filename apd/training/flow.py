@@ -217,25 +217,59 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
         batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference)
         step_fn = jax.jit(make_update(flow, tx, tcfg), donate_argnums=0, out_shardings=(replicated(mesh), None))
     else:
-        batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset)
+        batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset, workdir)
         step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train")),
                           donate_argnums=0, out_shardings=(replicated(mesh), None))
     state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
     return flow, state["ema_params"]
 
 
-def _signal_batches(config, flow, family, mesh, prior, dataset):
-    """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR."""
+PRIOR_SIGNALS_FILE = "prior_signals.npy"
+PRIOR_SAMPLE_CHUNK = 512
+
+
+def prior_training_signals(seed: int, prior: Prior, count: int, path: str) -> np.ndarray:
+    """`count` prior samples (count,*S) for the flow's training set, drawn once (chunk c with key
+    fold_in(split_key(seed, 'train/prior_signals'), c)) and kept in `path`, so a resumed run reuses them."""
+    if os.path.exists(path):
+        saved = np.load(path)
+        if len(saved) == count:
+            return saved
+    sample = jax.jit(prior.sample, static_argnums=1)
+    key = split_key(seed, "train/prior_signals")
+    chunks = [np.asarray(sample(jax.random.fold_in(key, c), min(PRIOR_SAMPLE_CHUNK, count - start)))
+              for c, start in enumerate(range(0, count, PRIOR_SAMPLE_CHUNK))]
+    signals = np.concatenate(chunks).astype(np.float32)
+    if jax.process_index() == 0:
+        np.save(path, signals)
+    return signals
+
+
+def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
+    """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR.
+
+    flow.training.prior_signals = P > 0 appends P prior samples to the training signals (a training set the flow
+    cannot memorise); fresh_noise draws each step's measurements anew (index past every training index)
+    instead of one fixed y_i per training signal."""
     tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
     eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
     eval_x = jnp.asarray(dataset.val[:eval_n])
     eval_idx = jnp.arange(eval_n)
     train = np.asarray(dataset.train, np.float32)
+    num_prior = int(tcfg.get("prior_signals", 0))
+    if num_prior:
+        path = os.path.join(flow_dir(workdir), PRIOR_SIGNALS_FILE)
+        train = np.concatenate([train, prior_training_signals(config.seed, prior, num_prior, path)])
+    fresh = bool(tcfg.get("fresh_noise", False))
 
     def batch(step):
         idx = batch_indices(train.shape[0], config.seed, 1, step, tcfg.batch_size)
-        return (prior, *shard_batch(mesh, (train[idx], idx.astype(np.int32))))
+        index = idx
+        if fresh:
+            first = train.shape[0] + step * tcfg.batch_size + jax.process_index() * len(idx)
+            index = first + np.arange(len(idx))
+        return (prior, *shard_batch(mesh, (train[idx], index.astype(np.int32))))
 
     def validation(done, state):
         if not eval_n or (done % tcfg.eval_every and done != tcfg.num_steps):
