@@ -51,16 +51,28 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Arr
     }
 
 
+def all_finite(*trees: Any) -> jax.Array:
+    """A 0-d bool array: whether every entry of every array in `trees` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+
+
 def apply_gradients(
-    state: dict, grads: Any, tx: optax.GradientTransformation, ema_decay: float, rng: jax.Array
+    state: dict,
+    grads: Any,
+    tx: optax.GradientTransformation,
+    ema_decay: float,
+    rng: jax.Array,
+    finite: jax.Array | None = None,
 ) -> dict:
-    """One optimiser step on state["params"], the EMA after it, step + 1, and the next key `rng`."""
+    """One optimiser step on state["params"], the EMA after it, step + 1, and the next key `rng`.
+
+    finite: a 0-d bool (e.g. `all_finite(loss, grads)`); where it is False the step is skipped: params,
+    ema_params and opt_state stay exactly as they were, while step and rng still advance (the next step draws
+    a new batch and new noise).
+    """
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    return {
-        "params": params,
-        "ema_params": ema_update(state["ema_params"], params, ema_decay),
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-        "rng": rng,
-    }
+    new = {"params": params, "ema_params": ema_update(state["ema_params"], params, ema_decay), "opt_state": opt_state}
+    if finite is not None:
+        new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, {k: state[k] for k in new})
+    return {**new, "step": state["step"] + 1, "rng": rng}

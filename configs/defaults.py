@@ -19,6 +19,7 @@ def prior_training(**overrides) -> ConfigDict:
         log_every=100,
         ckpt_every=2_000,
         keep_checkpoints=3,
+        max_bad_steps=10,  # consecutive steps with a non-finite loss or gradient (each skipped) before the run stops
         num_samples=16,
         sample_steps=500,
     )
@@ -50,6 +51,7 @@ def flow_training(**overrides) -> ConfigDict:
         eval_num_samples=16,
         ckpt_every=1_000,
         keep_checkpoints=3,
+        max_bad_steps=10,  # consecutive non-finite steps (each skipped) before the run stops
     )
     values.update(overrides)
     return ConfigDict(values)

@@ -35,7 +35,7 @@ from apd.operators import OperatorFamily, broadcast_operator, make_operator_fami
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
-from apd.optim import apply_gradients, init_train_state, make_optimizer
+from apd.optim import all_finite, apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 
@@ -119,7 +119,9 @@ def make_update(flow: nn.Module, tx, training_cfg):
             "data_weight": weight,
             "grad_norm": optax.global_norm(grads),
         }
-        return apply_gradients(state, grads, tx, decay, rng), metrics
+        finite = all_finite(loss, grads)
+        metrics["skipped"] = jnp.logical_not(finite).astype(jnp.float32)  # such a step leaves the parameters alone
+        return apply_gradients(state, grads, tx, decay, rng, finite), metrics
 
     return update
 

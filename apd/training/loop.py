@@ -24,6 +24,23 @@ def batch_indices(n: int, seed: int, stream: int, step: int, batch_size: int) ->
     return idx[start : start + per_process]
 
 
+MAX_BAD_STEPS = 10  # default of training.max_bad_steps
+
+
+class TrainingStopped(RuntimeError):
+    """A run stopped on purpose (too many consecutive non-finite steps); its last checkpoint is intact."""
+
+
+def _window_means(window: list[dict]) -> dict:
+    """Means of the metrics over the window's good steps; 'skipped' becomes the count 'skipped_steps'."""
+    values = {k: np.array([float(jax.device_get(m[k])) for m in window]) for k in window[0]}
+    skipped = values.pop("skipped", np.zeros(len(window)))
+    good = skipped == 0
+    logged = {k: float(np.mean(v[good])) if good.any() else float("nan") for k, v in values.items()}
+    logged["skipped_steps"] = float(np.sum(skipped))
+    return logged
+
+
 def run_steps(
     state: dict,
     step_fn: Callable[..., tuple[dict, dict]],
@@ -36,22 +53,39 @@ def run_steps(
 ) -> dict:
     """Run step_fn(state, *batch_fn(step)) from state["step"] to training_cfg.num_steps.
 
-    Every log_every steps the metrics are averaged over the window, the learning rate and
-    extra_metrics(done, state) (e.g. validation PSNR) added, and written to logdir (JSONL and TensorBoard, main
-    process only); every ckpt_every steps and at the end the state is checkpointed. Returns the final state.
+    Every log_every steps the metrics are averaged over the window's good steps, the count of skipped steps
+    (metric 'skipped' of step_fn: a non-finite loss or gradient, parameters left alone) logged as
+    skipped_steps, the learning rate and extra_metrics(done, state) (e.g. validation PSNR) added, and written
+    to logdir (JSONL and TensorBoard, main process only); every ckpt_every steps and at the end the state is
+    checkpointed. After training_cfg.max_bad_steps (default 10) consecutive skipped steps the run raises
+    TrainingStopped, saving nothing more: the last checkpoint stays as it was. Returns the final state.
     """
     is_main = jax.process_index() == 0
     schedule = learning_rate_schedule(training_cfg)
+    max_bad = int(training_cfg.get("max_bad_steps", MAX_BAD_STEPS))
     writer = MetricsWriter(logdir) if is_main else None
     window: list[dict] = []
+    bad_run = 0
     start, total = int(state["step"]), int(training_cfg.num_steps)
     with tqdm(total=total, initial=start, desc=desc, disable=not is_main) as bar:
         for step in range(start, total):
             state, metrics = step_fn(state, *batch_fn(step))
             window.append(metrics)
             done = step + 1
+            bad_run = bad_run + 1 if "skipped" in metrics and float(jax.device_get(metrics["skipped"])) else 0
+            if bad_run >= max_bad:
+                latest = checkpointer.latest_step()  # waits for a pending save
+                checkpointer.close()
+                if writer is not None:
+                    writer.close()
+                kept = f"the last checkpoint, step {latest}, is intact" if latest is not None else "no checkpoint was saved"
+                raise TrainingStopped(
+                    f"{desc}: {bad_run} consecutive steps ({done - bad_run + 1} to {done}) had a non-finite loss or "
+                    f"gradient and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in "
+                    f"{checkpointer.directory}; lower the learning rate or check the data"
+                )
             if done % training_cfg.log_every == 0 or done == total:
-                logged = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+                logged = _window_means(window)
                 logged["lr"] = float(schedule(step))
                 window = []
                 if extra_metrics is not None:

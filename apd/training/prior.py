@@ -29,7 +29,7 @@ from apd.priors import ScoreNetPrior
 from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
-from apd.optim import apply_gradients, init_train_state, make_optimizer
+from apd.optim import all_finite, apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t (B,*S), t (B,)) -> eps_hat (B,*S)
@@ -69,7 +69,8 @@ def init_prior_state(module: nn.Module, tx: optax.GradientTransformation, signal
 
 
 def make_train_step(module: nn.Module, sde: VPSDE, tx: optax.GradientTransformation, training_cfg, dropout: bool):
-    """step(state, batch (B,*S)) -> (state, {'loss', 'grad_norm'}): one DSM step with EMA; pure, jit-able.
+    """step(state, batch (B,*S)) -> (state, {'loss', 'grad_norm', 'skipped'}): one DSM step with EMA; pure,
+    jit-able. A step whose loss or gradient is not finite leaves the parameters as they were (skipped = 1).
 
     training_cfg needs ema_decay and likelihood_weighting. dropout: call the module with train=True and a
     'dropout' key (for nets built with dropout > 0).
@@ -89,8 +90,10 @@ def make_train_step(module: nn.Module, sde: VPSDE, tx: optax.GradientTransformat
             return dsm_loss(eps_fn, sde, batch, t, noise)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        new_state = apply_gradients(state, grads, tx, decay, rng)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        finite = all_finite(loss, grads)
+        new_state = apply_gradients(state, grads, tx, decay, rng, finite)
+        skipped = jnp.logical_not(finite).astype(jnp.float32)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": skipped}
 
     return step
 
