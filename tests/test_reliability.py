@@ -1,6 +1,7 @@
 """Runs that survive: non-finite steps skipped and counted, a stop after too many, resume bit for bit (prior and
 flow), config changes on resume refused or recorded, unreadable checkpoints named, and one line for every bad
 input on the command line."""
+import json
 import os
 
 import jax
@@ -155,3 +156,174 @@ def test_prior_training_on_nan_data_stops(tmp_path):
     with pytest.raises(TrainingStopped, match="prior: 3 consecutive steps .1 to 3. had a non-finite loss"):
         train_prior(_prior_config(max_bad_steps=3), str(tmp_path), _dataset(nan=True))
     assert not os.path.exists(tmp_path / "prior" / "checkpoints" / "3")
+
+
+# ---------------------------------------------------------------- kill and resume, bit for bit
+
+
+def _interrupt_at(monkeypatch, module, at_step):
+    """Make module's batch_indices raise at step `at_step`, as a kill after the checkpoint before it."""
+    real = module.batch_indices
+
+    def batch_indices(n, seed, stream, step, batch_size):
+        if step == at_step:
+            raise KeyboardInterrupt(f"killed at step {step}")
+        return real(n, seed, stream, step, batch_size)
+
+    monkeypatch.setattr(module, "batch_indices", batch_indices)
+
+
+def _checkpoint_state(run_dir, template):
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), 3)
+    state = checkpointer.restore(template)
+    checkpointer.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def straight_prior(tmp_path_factory):
+    """A prior trained 20 steps without a break (checkpoints 10 and 20)."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    train_prior(_prior_config(), workdir, _dataset())
+    return workdir
+
+
+def _prior_template():
+    cfg = _prior_config().prior
+    module = make_score_net(cfg.model, (2, 2, 1))
+    return init_prior_state(module, make_optimizer(cfg.training), (2, 2, 1), jax.random.PRNGKey(0))
+
+
+def test_prior_killed_and_resumed_ends_bit_for_bit(straight_prior, tmp_path, monkeypatch):
+    import apd.training.prior as prior_module
+
+    workdir = str(tmp_path)
+    _interrupt_at(monkeypatch, prior_module, 13)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(_prior_config(), workdir, _dataset())
+    monkeypatch.undo()
+    assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10]
+    train_prior(_prior_config(), workdir, _dataset())  # the same command again: resumes at 10
+    template = _prior_template()
+    resumed = _checkpoint_state(os.path.join(workdir, "prior"), template)
+    straight = _checkpoint_state(os.path.join(straight_prior, "prior"), template)
+    assert int(resumed["step"]) == 20
+    _assert_trees_equal(resumed, straight)
+    assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10, 15, 20]
+
+
+def _flow_config(**training):
+    sizes = dict(batch_size=8, num_z=1, num_steps=12, warmup_steps=2, log_every=3, eval_every=3, ckpt_every=6,
+                 eval_num_measurements=0)
+    return ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "data": {"name": "fake"},
+            "operator": {"name": "denoise", "noise_std": 0.2},
+            "flow": {
+                "model": defaults.realnvp(num_couplings=2, width=8, depth=1),
+                "training": defaults.flow_training(**{**sizes, **training}),
+            },
+        }
+    )
+
+
+def test_flow_killed_and_resumed_ends_bit_for_bit(tmp_path, monkeypatch):
+    import apd.training.flow as flow_module
+    from apd.training.flow import train_flow
+
+    prior = GaussianPrior.create(np.full(4, 0.5), 0.05 * np.eye(4), signal_shape=(2, 2, 1))
+    straight_dir, killed_dir = str(tmp_path / "straight"), str(tmp_path / "killed")
+    _, straight = train_flow(_flow_config(), straight_dir, prior, _dataset())
+    _interrupt_at(monkeypatch, flow_module, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train_flow(_flow_config(), killed_dir, prior, _dataset())
+    monkeypatch.undo()
+    _, resumed = train_flow(_flow_config(), killed_dir, prior, _dataset())
+    _assert_trees_equal(resumed, straight)
+    straight_raw = flow_module.load_flow(straight_dir)
+    resumed_raw = flow_module.load_flow(killed_dir)
+    assert resumed_raw[3] == straight_raw[3] == 12
+
+
+# ---------------------------------------------------------------- config changes on resume
+
+
+def test_resume_with_changed_settings_is_refused_before_any_work(straight_prior, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(straight_prior, workdir)
+    record = os.path.join(workdir, "prior", "config.json")
+    before = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(workdir) for p in files}
+    config = _prior_config(num_steps=30)
+    config.prior.model.width = 32
+    config.seed = 1
+    with pytest.raises(ValueError) as err:
+        train_prior(config, workdir, _dataset())
+    assert str(err.value).startswith(f"the config differs from the one {workdir}/prior was trained with: "
+                                     "prior.model.width 16 -> 32, seed 0 -> 1; these change what is trained")
+    after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(workdir) for p in files}
+    assert after == before
+
+    with open(record) as f:
+        original = f.read()
+    train_prior(_prior_config(num_steps=30, log_every=10), workdir, _dataset())  # safe changes: resumes at 20
+    train_prior(_prior_config(num_steps=30, log_every=10), workdir, _dataset())  # finished: nothing new recorded
+    with open(record) as f:
+        assert f.read() == original
+    with open(os.path.join(workdir, "prior", "config_history.jsonl")) as f:
+        history = [json.loads(line) for line in f]
+    assert len(history) == 1 and history[0]["step"] == 20
+    assert history[0]["changes"] == {"prior.training.log_every": [5, 10], "prior.training.num_steps": [20, 30]}
+    config = _prior_config(num_steps=40, log_every=10)
+    config.prior.training.lr = 1e-2
+    with pytest.raises(ValueError, match=r"prior.training.lr 0.0002 -> 0.01; these change"):
+        train_prior(config, workdir, _dataset())
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _truncate_largest_file(folder):
+    files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+
+
+def test_damaged_latest_checkpoint_is_named_and_resumed_from_only_on_request(straight_prior, tmp_path):
+    import shutil
+
+    from apd.training.checkpoint import CheckpointError
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(straight_prior, workdir)
+    ckpt_dir = os.path.join(workdir, "prior", "checkpoints")
+    _truncate_largest_file(os.path.join(ckpt_dir, "20"))
+    # a save killed half way leaves only orbax's temporary folder, which is ignored
+    shutil.copytree(os.path.join(ckpt_dir, "10"), os.path.join(ckpt_dir, "30.orbax-checkpoint-tmp-1764662400"))
+    with pytest.raises(CheckpointError) as err:
+        train_prior(_prior_config(num_steps=30), workdir, _dataset())
+    message = str(err.value)
+    assert message.startswith(f"checkpoint 20 in {ckpt_dir} is unreadable (") and "\n" not in message
+    assert message.endswith("; the newest intact one is step 10") and (err.value.step, err.value.intact) == (20, 10)
+    train_prior(_prior_config(), workdir, _dataset(), resume_from=10)
+    template = _prior_template()
+    _assert_trees_equal(_checkpoint_state(os.path.join(workdir, "prior"), template),
+                        _checkpoint_state(os.path.join(straight_prior, "prior"), template))
+    assert [name.split("_")[0] for name in os.listdir(os.path.join(workdir, "prior", "discarded_checkpoints"))] == ["20"]
+
+
+def test_restoring_another_models_checkpoint_is_one_line(straight_prior):
+    from apd.training.checkpoint import CheckpointError
+
+    cfg = _prior_config().prior
+    cfg.model.width = 8
+    module = make_score_net(cfg.model, (2, 2, 1))
+    template = init_prior_state(module, make_optimizer(cfg.training), (2, 2, 1), jax.random.PRNGKey(0))
+    with pytest.raises(CheckpointError) as err:
+        _checkpoint_state(os.path.join(straight_prior, "prior"), template)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400 and err.value.intact is None
+    assert message.endswith("nor can any earlier one: they were written for another model, or all are damaged")

@@ -33,10 +33,21 @@ from apd.measurements import measure, split_key
 from apd.objective import apd_loss, apd_terms, data_weight_schedule, kl_plus_evidence, repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
-from apd.training.checkpoint import Checkpointer, load_config, save_config
+from apd.training.checkpoint import Checkpointer, check_resume_config, load_config, record_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
 from apd.optim import all_finite, apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
+
+
+FLOW_SECTIONS = ("seed", "data", "prior", "operator", "flow")  # what a resumed flow run must share with its start
+
+
+def flow_record(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of config as workdir/flow/config.json records it: a measurement file's path made absolute."""
+    saved = ml_collections.ConfigDict(config.to_dict())
+    if saved.flow.training.get("measurements"):
+        saved.flow.training.measurements = os.path.abspath(saved.flow.training.measurements)
+    return saved
 
 
 def flow_dir(workdir: str) -> str:
@@ -172,13 +183,19 @@ def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, meas
     return evaluate
 
 
-def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, dataset) -> tuple[nn.Module, dict]:
+def train_flow(
+    config: ml_collections.ConfigDict, workdir: str, prior: Prior, dataset, resume_from: int | None = None
+) -> tuple[nn.Module, dict]:
     """Train (or resume, or load) the APD flow of `config` in workdir/flow; returns (flow module, EMA params).
 
     dataset: .signal_shape and .kind (apd.data.Dataset); .train and .val arrays (N,*S) in [0,1] are read only
     without config.flow.training.measurements (and for fit_output='data'), never with it.
+    resume_from: resume from this checkpoint step, moving later ones aside (as `train_prior`).
+    Raises ValueError, before any work, when workdir holds a flow trained with other settings
+    (`check_resume_config`), and CheckpointError when its latest checkpoint cannot be restored.
     """
     tcfg = config.flow.training
+    check_resume_config(flow_dir(workdir), flow_record(config), FLOW_SECTIONS)
     measurements = tcfg.get("measurements")
     mode = tcfg.get("fit_output", "prior")
     if measurements and mode == "data":
@@ -195,6 +212,8 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
     state = init(jax.random.PRNGKey(config.seed + 7))
 
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
+    if resume_from is not None:
+        checkpointer.discard_after(resume_from)
     latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(state, latest)
@@ -208,11 +227,9 @@ def train_flow(config: ml_collections.ConfigDict, workdir: str, prior: Prior, da
 
     is_main = jax.process_index() == 0
     if is_main:
-        saved = ml_collections.ConfigDict(config.to_dict())
+        saved = flow_record(config)
         saved.flow.signal_shape = signal_shape
-        if measurements:
-            saved.flow.training.measurements = os.path.abspath(measurements)
-        save_config(flow_dir(workdir), saved)
+        record_config(flow_dir(workdir), saved, FLOW_SECTIONS, latest)
         save_geometry(os.path.join(flow_dir(workdir), "geometry.npz"), dataset)
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:

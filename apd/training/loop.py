@@ -58,47 +58,47 @@ def run_steps(
     skipped_steps, the learning rate and extra_metrics(done, state) (e.g. validation PSNR) added, and written
     to logdir (JSONL and TensorBoard, main process only); every ckpt_every steps and at the end the state is
     checkpointed. After training_cfg.max_bad_steps (default 10) consecutive skipped steps the run raises
-    TrainingStopped, saving nothing more: the last checkpoint stays as it was. Returns the final state.
+    TrainingStopped, saving nothing more: the last checkpoint stays as it was. Data order and the state's key
+    depend only on the step, so a run resumed from a checkpoint continues bit for bit. Returns the final state.
     """
     is_main = jax.process_index() == 0
     schedule = learning_rate_schedule(training_cfg)
     max_bad = int(training_cfg.get("max_bad_steps", MAX_BAD_STEPS))
-    writer = MetricsWriter(logdir) if is_main else None
+    start, total = int(state["step"]), int(training_cfg.num_steps)
+    writer = MetricsWriter(logdir, resume_step=start) if is_main else None
     window: list[dict] = []
     bad_run = 0
-    start, total = int(state["step"]), int(training_cfg.num_steps)
-    with tqdm(total=total, initial=start, desc=desc, disable=not is_main) as bar:
-        for step in range(start, total):
-            state, metrics = step_fn(state, *batch_fn(step))
-            window.append(metrics)
-            done = step + 1
-            bad_run = bad_run + 1 if "skipped" in metrics and float(jax.device_get(metrics["skipped"])) else 0
-            if bad_run >= max_bad:
-                latest = checkpointer.latest_step()  # waits for a pending save
-                checkpointer.close()
-                if writer is not None:
-                    writer.close()
-                kept = f"the last checkpoint, step {latest}, is intact" if latest is not None else "no checkpoint was saved"
-                raise TrainingStopped(
-                    f"{desc}: {bad_run} consecutive steps ({done - bad_run + 1} to {done}) had a non-finite loss or "
-                    f"gradient and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in "
-                    f"{checkpointer.directory}; lower the learning rate or check the data"
-                )
-            if done % training_cfg.log_every == 0 or done == total:
-                logged = _window_means(window)
-                logged["lr"] = float(schedule(step))
-                window = []
-                if extra_metrics is not None:
-                    logged.update(extra_metrics(done, state))
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k == "loss" or k.startswith("val_")})
-                if writer is not None:
-                    writer.write(done, logged)
-            if done % training_cfg.ckpt_every == 0 or done == total:
-                checkpointer.save(done, state)
-            bar.update(1)
-    checkpointer.close()
-    if writer is not None:
-        writer.close()
+    try:
+        with tqdm(total=total, initial=start, desc=desc, disable=not is_main) as bar:
+            for step in range(start, total):
+                state, metrics = step_fn(state, *batch_fn(step))
+                window.append(metrics)
+                done = step + 1
+                bad_run = bad_run + 1 if "skipped" in metrics and float(jax.device_get(metrics["skipped"])) else 0
+                if bad_run >= max_bad:
+                    latest = checkpointer.latest_step()  # waits for a pending save
+                    kept = f"the last checkpoint, step {latest}, is intact" if latest is not None else "no checkpoint was saved"
+                    raise TrainingStopped(
+                        f"{desc}: {bad_run} consecutive steps ({done - bad_run + 1} to {done}) had a non-finite loss "
+                        f"or gradient and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in "
+                        f"{checkpointer.directory}; lower the learning rate or check the data"
+                    )
+                if done % training_cfg.log_every == 0 or done == total:
+                    logged = _window_means(window)
+                    logged["lr"] = float(schedule(step))
+                    window = []
+                    if extra_metrics is not None:
+                        logged.update(extra_metrics(done, state))
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k == "loss" or k.startswith("val_")})
+                    if writer is not None:
+                        writer.write(done, logged)
+                if done % training_cfg.ckpt_every == 0 or done == total:
+                    checkpointer.save(done, state)
+                bar.update(1)
+    finally:  # also on an error or Ctrl-C: a checkpoint being written is completed
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
     return state
 
 

@@ -13,9 +13,14 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsWriter:
     """Appends {"step": step, name: value, ...} lines to logdir/metrics.jsonl; TensorBoard events in logdir."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, resume_step: int | None = None):
+        """resume_step: lines of later steps (written before a run was killed) are dropped, as they are redone."""
         os.makedirs(logdir, exist_ok=True)
         self.path = os.path.join(logdir, METRICS_FILE)
+        if resume_step is not None and os.path.exists(self.path):
+            kept = [m for m in read_metrics(logdir) if m["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in kept)
         self._file = open(self.path, "a")
         self._tb = SummaryWriter(logdir)
 

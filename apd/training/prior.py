@@ -27,11 +27,12 @@ from apd.eval.figures import save_dataset_figure
 from apd.nets import make_score_net
 from apd.priors import ScoreNetPrior
 from apd.sde import VPSDE
-from apd.training.checkpoint import Checkpointer, load_config, save_config
+from apd.training.checkpoint import Checkpointer, check_resume_config, load_config, record_config
 from apd.training.loop import batch_indices, has_checkpoint, run_steps
 from apd.optim import all_finite, apply_gradients, init_train_state, make_optimizer
 from apd.training.sharding import data_mesh, replicated, shard_batch
 
+PRIOR_SECTIONS = ("seed", "data", "prior")  # what a resumed prior run must share with its start
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t (B,*S), t (B,)) -> eps_hat (B,*S)
 
 
@@ -98,17 +99,25 @@ def make_train_step(module: nn.Module, sde: VPSDE, tx: optax.GradientTransformat
     return step
 
 
-def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> ScoreNetPrior:
+def train_prior(
+    config: ml_collections.ConfigDict, workdir: str, dataset=None, resume_from: int | None = None
+) -> ScoreNetPrior:
     """Train (or resume, or just load) the score-network prior of `config` in workdir/prior.
 
     dataset: an apd.data.Dataset (or an object with its fields: train (N,*S) float32, signal_shape, kind,
     and the geometry its figures need); default `apd.data.load_dataset(config.data)`.
-    Returns the prior with EMA parameters.
+    resume_from: resume from this checkpoint step, moving later ones aside (`Checkpointer.discard_after`), e.g.
+    when the latest is damaged (restoring it raises a CheckpointError that names the newest intact step).
+    Returns the prior with EMA parameters. Raises ValueError, before any work, when workdir holds a prior
+    trained with other settings (`check_resume_config`).
     """
     tcfg = config.prior.training
+    check_resume_config(prior_dir(workdir), config, PRIOR_SECTIONS)
     if tcfg.batch_size % jax.device_count():
         raise ValueError(f"prior batch_size {tcfg.batch_size} must be a multiple of the {jax.device_count()} devices")
     checkpointer = Checkpointer(_checkpoint_dir(workdir), tcfg.keep_checkpoints)
+    if resume_from is not None:
+        checkpointer.discard_after(resume_from)
     latest = checkpointer.latest_step()
     if latest is not None and latest >= tcfg.num_steps:
         checkpointer.close()
@@ -121,7 +130,7 @@ def train_prior(config: ml_collections.ConfigDict, workdir: str, dataset=None) -
     if is_main:
         saved = ml_collections.ConfigDict(config.to_dict())
         saved.prior.signal_shape = signal_shape
-        save_config(prior_dir(workdir), saved)
+        record_config(prior_dir(workdir), saved, PRIOR_SECTIONS, latest)
 
     sde = VPSDE(**config.prior.sde)
     module = make_score_net(config.prior.model, signal_shape)
