@@ -8,8 +8,11 @@ Every method sees the same prior (workdir/prior), operators and measurements (th
 signals of --split). Baseline settings come from the config's optional section baselines.<name>, else the
 module defaults; every baseline draws --baseline_samples samples per measurement and APD is shown at that K
 too. Without a trained flow in the workdir only the baselines run. Writes results.md, .csv, .json, the
-signals, a figure and a calibration plot per measurement set to workdir/eval (or --out); see
-apd/evaluation.py for the protocol and apd/eval/report.py for the files.
+signals, a figure and a calibration plot per measurement set to workdir/eval (or --out), only once every method
+has run (files written beside and moved into place); see apd/evaluation.py for the protocol and
+apd/eval/report.py for the files. A config whose operator differs from the one the flow was trained for is
+refused unless --allow_operator_mismatch (recorded in the results). Errors in what was asked are one line
+(`--verbose`: the traceback).
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ import os
 import shlex
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from apd import cli
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits_denoise.py")
 
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file (configs/<task>.py).")
+cli.define_config(DEFAULT_CONFIG)
 flags.DEFINE_string("workdir", None, "Run directory with prior/ and flow/ (default: runs/<config file name>).")
 flags.DEFINE_list("split", ["test"], "Held-out split(s) whose first signals are measured: test, val or test,val.")
 flags.DEFINE_integer("num_measurements", 16, "Measurements per set.")
@@ -34,6 +39,8 @@ flags.DEFINE_enum("ood", None, ["ffhq32"], "Also measure this out-of-distributio
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/eval).")
 flags.DEFINE_string("cache_dir", None, "Baseline runs saved as they finish and reused by a rerun with the same "
                     "settings (default: <workdir>/eval_cache; 'none' to disable).")
+flags.DEFINE_bool("allow_operator_mismatch", False, "Evaluate the flow with the config's operator even when it was "
+                  "trained for another (recorded in results.json).")
 FLAGS = flags.FLAGS
 
 
@@ -46,23 +53,22 @@ def main(argv):
 
     config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", config_name)
-    try:
-        check_config(FLAGS.config, ("data", "operator"))
-        results = run_evaluation(
-            FLAGS.config,
-            workdir,
-            FLAGS.baselines,
-            split=FLAGS.split,
-            num_measurements=FLAGS.num_measurements,
-            num_samples=FLAGS.num_samples,
-            baseline_samples=FLAGS.baseline_samples,
-            ood=FLAGS.ood,
-            flow_step=FLAGS.flow_step,
-            cache_dir=None if FLAGS.cache_dir == "none" else FLAGS.cache_dir or os.path.join(workdir, "eval_cache"),
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    check_config(FLAGS.config, ("data", "operator"))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"workdir {workdir} is a file, not a folder")
+    results = run_evaluation(
+        FLAGS.config,
+        workdir,
+        FLAGS.baselines,
+        split=FLAGS.split,
+        num_measurements=FLAGS.num_measurements,
+        num_samples=FLAGS.num_samples,
+        baseline_samples=FLAGS.baseline_samples,
+        ood=FLAGS.ood,
+        flow_step=FLAGS.flow_step,
+        cache_dir=None if FLAGS.cache_dir == "none" else FLAGS.cache_dir or os.path.join(workdir, "eval_cache"),
+        allow_operator_mismatch=FLAGS.allow_operator_mismatch,
+    )
     results["command"] = shlex.join(["python"] + sys.argv)
     out = FLAGS.out or os.path.join(workdir, "eval")
     paths = write_outputs(results, out)
@@ -73,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -413,6 +413,7 @@ def run_evaluation(
     flow_step: int | None = None,
     with_start: bool = True,
     cache_dir: str | None = None,
+    allow_operator_mismatch: bool = False,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
     """Evaluate the trained sampler in workdir (if any), its untrained start and the named baselines on
@@ -430,12 +431,15 @@ def run_evaluation(
       the pairs of config.flow.training.fit_output, so both fits can be compared on one trained flow).
     cache_dir: where each baseline run is saved as it completes and reused by a later call with the same method,
       settings, measurements, sample count, seed and prior (`cached_run`); None: no cache.
+    allow_operator_mismatch: evaluate a flow trained for another operator than config.operator (else a
+      ValueError); recorded as settings.operator_mismatch {'trained', 'evaluated'}.
     Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
     at equal k), 'tweedie_reference' (denoising), 'calibration' (coverage curves at equal K), 'signals'
     ({label: array (N,*S)}), 'measurements' ({'y': (N,*M), 'mask': (N,*S) or None}: the measurements as used)}.
-    Raises ValueError for an unknown split or baseline, or when there is nothing to evaluate; FileNotFoundError
+    Raises ValueError for an unknown split or baseline, a flow trained for another operator, or when there is
+    nothing to evaluate; FileNotFoundError
     when baselines or the start need a prior that workdir lacks.
     """
     splits = (split,) if isinstance(split, str) else tuple(split)
@@ -455,12 +459,19 @@ def run_evaluation(
 
     names = list(baselines)
     dataset = load_dataset(config.data)
-    sampler = None
+    sampler, mismatch = None, None
     if flow_exists(workdir):
         sampler = load_sampler(workdir, flow_step)
-        trained = sampler.config.operator.to_dict()
-        if trained != config.operator.to_dict():
-            note(f"the flow was trained for operator {trained}; measurements use {config.operator.to_dict()}")
+        # compared as JSON gives them back (tuples as lists), the form config.json keeps
+        trained, asked = (json.loads(json.dumps(c.operator.to_dict())) for c in (sampler.config, config))
+        if trained != asked:
+            mismatch = {"trained": trained, "evaluated": asked}
+            if not allow_operator_mismatch:
+                raise ValueError(
+                    f"the flow in {workdir} was trained for operator {trained}, the config asks for {asked}: use "
+                    "the training operator, or allow_operator_mismatch (--allow_operator_mismatch) to evaluate it anyway"
+                )
+            note(f"the flow was trained for operator {trained}; measurements use {asked}")
     else:
         note(f"no trained sampler in {workdir}; evaluating baselines only")
     with_start = with_start and sampler is not None
@@ -574,6 +585,7 @@ def run_evaluation(
             "baseline_samples": baseline_samples,
             "baseline_settings": settings,
             "ood": ood,
+            "operator_mismatch": mismatch,
         },
         "seeds": {
             "config_seed": int(config.seed),

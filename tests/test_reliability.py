@@ -327,3 +327,87 @@ def test_restoring_another_models_checkpoint_is_one_line(straight_prior):
     message = str(err.value)
     assert "\n" not in message and len(message) < 400 and err.value.intact is None
     assert message.endswith("nor can any earlier one: they were written for another model, or all are damaged")
+
+
+# ---------------------------------------------------------------- one line for every bad input
+
+
+def _bad_workdir(tmp_path, kind):
+    """A workdir of the given kind: 'file', 'damaged_config' (prior/config.json not JSON), 'other_seed' (a prior
+    started with seed 5), or 'empty' (not there)."""
+    workdir = tmp_path / "run"
+    if kind == "file":
+        workdir.write_text("not a folder")
+    elif kind == "damaged_config":
+        (workdir / "prior").mkdir(parents=True)
+        (workdir / "prior" / "config.json").write_text('{"seed": 0, "prior": {')
+    elif kind == "other_seed":
+        from apd.training.checkpoint import save_config
+        from configs import digits_denoise
+
+        config = digits_denoise.get_config()
+        config.seed = 5
+        save_config(str(workdir / "prior"), config)
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "script, args, workdir_kind, env, expected",
+    [
+        ("train.py", ["--config=configs/nope.py"], "empty", {},
+         "error: config file configs/nope.py not found (configs/<task>.py lists the tasks)"),
+        ("train.py", ["--config.operator.noise_stdd=0.1"], "empty", {},
+         "error: unknown config field operator.noise_stdd (operator has no 'noise_stdd'); did you mean "
+         "operator.noise_std?"),
+        ("train.py", ["--config.flow.trainng.lr=1"], "empty", {},
+         "error: unknown config field flow.trainng (flow has no 'trainng'); did you mean flow.training?"),
+        ("train.py", ["--config.seed=abc"], "empty", {},
+         "error: flag --config.seed=abc: invalid literal for int() with base 10: 'abc'"),
+        ("train.py", ["--workdirr=x"], "empty", {}, "error: Unknown command line flag 'workdirr'. Did you mean: workdir ?"),
+        ("train.py", ["--config.operator.noise_std=0"], "empty", {},
+         "error: invalid config: operator.noise_std must be a number > 0 (the likelihood needs noise), got 0"),
+        ("train.py", [], "file", {}, "error: workdir {workdir} is a file, not a folder"),
+        ("train.py", ["--config=configs/bunny_mnist.py"], "empty", {"APD_DATA_DIR": "{tmp}/no_data"},
+         "error: bun_zipper_res3.ply not found at {tmp}/no_data; put it there, set APD_DATA_DIR or pass data.path"),
+        ("train.py", [], "damaged_config", {}, "error: {workdir}/prior/config.json is damaged: not valid JSON"),
+        ("train.py", [], "other_seed", {},
+         "error: the config differs from the one {workdir}/prior was trained with: seed 5 -> 0; these change"),
+        ("train.py", ["--stage=flow"], "empty", {},
+         "error: no trained prior in {workdir}/prior: run with --stage prior (or all) first"),
+        ("train.py", ["--resume_from=10"], "empty", {},
+         "error: --resume_from needs --stage prior or --stage flow: the stage whose checkpoint it names"),
+        ("evaluate.py", ["--config=configs/nope.py"], "empty", {},
+         "error: config file configs/nope.py not found (configs/<task>.py lists the tasks)"),
+        ("evaluate.py", ["--baselines=nope"], "empty", {}, "error: unknown baseline(s) nope; known: cpigdm, ddrm"),
+        ("evaluate.py", ["--baselines=dps"], "file", {}, "error: workdir {workdir} is a file, not a folder"),
+        ("evaluate.py", ["--baselines=dps"], "empty", {}, "error: no trained prior in {workdir}/prior"),
+    ],
+)
+def test_command_line_bad_input_is_one_line(tmp_path, script, args, workdir_kind, env, expected):
+    import subprocess
+    import sys
+
+    workdir = _bad_workdir(tmp_path, workdir_kind)
+    before = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(tmp_path) for f in files}
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.update({k: v.format(tmp=tmp_path) for k, v in env.items()})
+    out = str(tmp_path / "eval") if script == "evaluate.py" else None
+    command = [sys.executable, script, f"--workdir={workdir}", *args] + ([f"--out={out}"] if out else [])
+    run = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1, run.stderr[-3000:]
+    assert lines[0].startswith(expected.format(workdir=workdir, tmp=tmp_path))
+    after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(tmp_path) for f in files}
+    assert after == before and (workdir_kind != "empty" or not workdir.exists())
+    if workdir_kind == "empty":
+        assert not os.path.exists(os.path.join(REPO, "runs", "nope"))
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}/run", "--config.operator.noise_stdd=1",
+                          "--verbose"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback (most recent call last)" in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("apd.cli.UserError: unknown config field operator.noise_stdd")

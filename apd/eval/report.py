@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -186,8 +188,24 @@ def figure_rows(entry: dict) -> list[tuple[str, np.ndarray]]:
 
 
 def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
-    """Write every file of the evaluation into out_dir; returns {file name: path}."""
+    """Write every file of the evaluation into out_dir; returns {file name: path}.
+
+    The files are written to a temporary folder inside out_dir first and moved into place only when all are
+    written, so a failed run never leaves a mix of old and new results (other files of out_dir stay).
+    """
     os.makedirs(out_dir, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".writing-", dir=out_dir)
+    try:
+        names = _write_files(results, tmp_dir)
+        for name in names:
+            os.replace(os.path.join(tmp_dir, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return {name: os.path.join(out_dir, name) for name in names}
+
+
+def _write_files(results: dict, out_dir: str) -> list[str]:
+    """Write every file of the evaluation into out_dir; returns their names."""
     paths = {}
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(format_markdown(results))
@@ -209,4 +227,4 @@ def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
             png = save_calibration_curves(os.path.join(out_dir, f"{name}_calibration.png"), calibration["levels"], curves,
                                           f"{name}: coverage of central intervals, K = {calibration['num_samples']}")
             paths[os.path.basename(png)] = png
-    return paths
+    return list(paths)
