@@ -313,3 +313,41 @@ def test_baseline_runs_are_cached_and_reused_only_for_the_same_identity(tmp_path
     assert (again.nfe, again.seconds, again.seconds_128) == (20, {1: 0.5, 2: 0.75}, 9.0)
     _, reused_other = cached_run(str(tmp_path), {**identity, "settings": {"eta": 1.0}}, compute)
     assert not reused_other and len(calls) == 2
+
+
+def test_flow_trained_for_another_operator_is_refused_unless_allowed(workdir):
+    config = _config()
+    config.operator.noise_std = 0.5
+    with pytest.raises(ValueError) as err:
+        run_evaluation(config, workdir, [], num_measurements=2, num_samples=2, log=lambda m: None)
+    assert str(err.value) == (
+        f"the flow in {workdir} was trained for operator {{'name': 'denoise', 'noise_std': 0.2}}, the config asks for "
+        "{'name': 'denoise', 'noise_std': 0.5}: use the training operator, or allow_operator_mismatch "
+        "(--allow_operator_mismatch) to evaluate it anyway"
+    )
+    results = run_evaluation(config, workdir, [], num_measurements=2, num_samples=2, with_start=False,
+                             allow_operator_mismatch=True, log=lambda m: None)
+    assert results["settings"]["operator_mismatch"] == {"trained": {"name": "denoise", "noise_std": 0.2},
+                                                        "evaluated": {"name": "denoise", "noise_std": 0.5}}
+    assert results["notes"][0].startswith("the flow was trained for operator")
+
+
+def test_results_replace_the_old_only_when_all_are_written(evaluation, tmp_path, monkeypatch):
+    import apd.eval.report as report
+
+    results, _ = evaluation
+    (tmp_path / "results.md").write_text("old results")
+    (tmp_path / "tuning.json").write_text("{}")
+
+    def broken_figure(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "save_dataset_figure", broken_figure)
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(results, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["results.md", "tuning.json"]
+    assert (tmp_path / "results.md").read_text() == "old results"
+    monkeypatch.undo()
+    write_outputs(results, str(tmp_path))
+    assert (tmp_path / "results.md").read_text().startswith("#") and (tmp_path / "tuning.json").read_text() == "{}"
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".writing-")]
