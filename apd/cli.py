@@ -7,9 +7,9 @@ stderr with exit status 1 (`--verbose` shows the traceback instead).
         cli.run(main)
 
 User errors are ValueError and OSError (FileNotFoundError, NotADirectoryError, ...), raised with their full
-message by the library, and TrainingStopped. Config files and `--config.a.b=value` overrides are loaded while
-the config flag is defined (`define_config`), so a missing file or a misspelt field (with the closest names as suggestion) stops the
-command before any work.
+message by the library, and TrainingStopped. The config file and its `--config.a.b=value` overrides are checked
+when the config flag is defined (`define_config`), so a missing file or a misspelt field (with the closest
+names as suggestion) stops the command before any work.
 """
 from __future__ import annotations
 

@@ -57,8 +57,8 @@ def _training_problems(section, prefix: str) -> list[str]:
     """Sizes shared by the prior and flow loops: steps, batch, intervals, learning rate, warm-up."""
     if section is None:
         return [f"{prefix} is missing"]
-    problems = _positive_ints(section, prefix, ("num_steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints",
-                                                 "max_bad_steps"))
+    sizes = ("num_steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints", "max_bad_steps")
+    problems = _positive_ints(section, prefix, sizes)
     problems += _positive_numbers(section, prefix, ("lr",))
     warmup = section.get("warmup_steps", 0)
     if not isinstance(warmup, int) or warmup < 0:

@@ -468,8 +468,8 @@ def run_evaluation(
             mismatch = {"trained": trained, "evaluated": asked}
             if not allow_operator_mismatch:
                 raise ValueError(
-                    f"the flow in {workdir} was trained for operator {trained}, the config asks for {asked}: use "
-                    "the training operator, or allow_operator_mismatch (--allow_operator_mismatch) to evaluate it anyway"
+                    f"the flow in {workdir} was trained for operator {trained}, the config asks for {asked}: use the "
+                    "training operator, or allow_operator_mismatch (--allow_operator_mismatch) to evaluate it anyway"
                 )
             note(f"the flow was trained for operator {trained}; measurements use {asked}")
     else:

@@ -134,14 +134,23 @@ def prepare_measurements(y, mask, op, operator_name: str = "the task's operator"
     return y, broadcast_operator(op, n)
 
 
-def _check_range(y: np.ndarray, op) -> None:
+def accepted_range(op) -> tuple[float, float] | None:
+    """measurement_range(op) widened by SLACK + SIGMAS noise std (None when unknown): measurements beyond it are
+    on another scale than the training data."""
     bounds = measurement_range(op)
+    if bounds is None:
+        return None
+    margin = SLACK + SIGMAS * float(op.noise_std)
+    return bounds[0] - margin, bounds[1] + margin
+
+
+def _check_range(y: np.ndarray, op) -> None:
+    bounds, accepted = measurement_range(op), accepted_range(op)
     if bounds is None:
         return
     low, high = bounds
-    margin = SLACK + SIGMAS * float(op.noise_std)
     lo, hi = np.nanmin(y), np.nanmax(y)
-    if lo < low - margin or hi > high + margin:
+    if lo < accepted[0] or hi > accepted[1]:
         raise ValueError(f"y ranges over [{lo:.4g}, {hi:.4g}], far outside [{low:g}, {high:.4g}] that this task's "
                          f"measurements of signals in [0, 1] reach (noise s = {op.noise_std:g}): scale y like the "
                          "training data")

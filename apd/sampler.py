@@ -9,6 +9,7 @@ All samples of all measurements are one batched flow call, compiled once per (N,
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from apd import flows
+from apd.measurement_files import accepted_range
 from apd.objective import repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 
@@ -42,6 +44,7 @@ class Sampler:
         self.needs_operator = bool(getattr(self._reference_op, "show_mask", False))
         self._draw = jax.jit(self._draw_samples, static_argnums=(3,))
         self._draw_each = jax.jit(jax.vmap(self._draw_one, in_axes=(None, 0, 0, None)), static_argnums=(3,))
+        self.y_range = accepted_range(self._reference_op)  # None when the operator's range is unknown
 
     @property
     def signal_shape(self) -> tuple[int, ...]:
@@ -67,6 +70,14 @@ class Sampler:
             raise ValueError(f"y must have shape {shape} or (N, *{shape}), got {tuple(y.shape)}")
         if not bool(jnp.all(jnp.isfinite(y))):
             raise ValueError("y contains NaN or infinite values")
+        low, high = float(jnp.min(y)), float(jnp.max(y))
+        if self.y_range is not None and (low < self.y_range[0] or high > self.y_range[1]):
+            warnings.warn(
+                f"y spans [{low:.4g}, {high:.4g}], far outside [{self.y_range[0]:.3g}, {self.y_range[1]:.3g}] where "
+                "measurements of training signals (in [0, 1]) lie: the samples are extrapolations; put y on the "
+                "training scale",
+                stacklevel=3,
+            )
         return (y[None] if single else y), single
 
     def condition(self, y: jax.Array, operator=None) -> flows.FlowCondition:
@@ -92,10 +103,13 @@ class Sampler:
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        key = jax.random.PRNGKey(0) if key is None else key
+        dtype = getattr(key, "dtype", None)
+        if dtype is None or not (dtype == jnp.uint32 or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)):
+            raise ValueError(f"key must be a JAX random key, e.g. jax.random.PRNGKey(0), got {key!r}")
         y, single = self._check(y)
         if single and operator is not None:
             operator = broadcast_operator(operator, 1)
-        key = jax.random.PRNGKey(0) if key is None else key
         x = self._draw(self.params, self.condition(y, operator), key, int(num_samples))
         return x[0] if single else x
 
@@ -114,6 +128,8 @@ class Sampler:
 
     def posterior_mean_and_std(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None):
         """Mean and std over num_samples posterior samples, each shaped like the samples without their axis."""
+        if num_samples == 1:
+            warnings.warn("the posterior std of one sample is 0: pass num_samples > 1", stacklevel=2)
         x = self.sample(y, num_samples, key, operator)
         axis = 0 if x.ndim == len(self.signal_shape) + 1 else 1
         return jnp.mean(x, axis=axis), jnp.std(x, axis=axis)

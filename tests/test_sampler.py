@@ -99,3 +99,14 @@ def test_blind_samples_ignore_the_reference_mask():
     cond = repeat_batch(jax.vmap(flows.condition_of)(ops, y), 4)
     expected = flows.sample(sampler.flow, sampler.params, key, cond).reshape((8, 4) + SHAPE)
     np.testing.assert_allclose(x, expected, atol=1e-6)
+
+
+def test_keys_and_suspicious_requests():
+    with pytest.raises(ValueError, match=r"key must be a JAX random key, e.g. jax.random.PRNGKey\(0\), got 0"):
+        DENOISE.sample(jnp.zeros(SHAPE), num_samples=2, key=0)
+    low, high = DENOISE.y_range  # denoising at s = 0.1: [0, 1] widened by 0.5 + 6 s
+    assert (low, high) == pytest.approx((-1.1, 2.1))
+    with pytest.warns(UserWarning, match=r"y spans \[0, 255\], far outside \[-1.1, 2.1\]"):
+        DENOISE.sample(jnp.linspace(0, 255, 6).reshape(SHAPE), num_samples=2)
+    with pytest.warns(UserWarning, match="the posterior std of one sample is 0"):
+        DENOISE.posterior_mean_and_std(jnp.zeros(SHAPE), num_samples=1)

@@ -77,7 +77,9 @@ def run_steps(
                 bad_run = bad_run + 1 if "skipped" in metrics and float(jax.device_get(metrics["skipped"])) else 0
                 if bad_run >= max_bad:
                     latest = checkpointer.latest_step()  # waits for a pending save
-                    kept = f"the last checkpoint, step {latest}, is intact" if latest is not None else "no checkpoint was saved"
+                    kept = f"the last checkpoint, step {latest}, is intact"
+                    if latest is None:
+                        kept = "no checkpoint was saved"
                     raise TrainingStopped(
                         f"{desc}: {bad_run} consecutive steps ({done - bad_run + 1} to {done}) had a non-finite loss "
                         f"or gradient and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in "
