@@ -411,3 +411,45 @@ def test_verbose_shows_the_traceback(tmp_path):
                           "--verbose"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "Traceback (most recent call last)" in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("apd.cli.UserError: unknown config field operator.noise_stdd")
+
+
+_KILLABLE_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_reliability import _dataset, _prior_config
+from apd.training.prior import train_prior
+train_prior(_prior_config(), {workdir!r}, _dataset())
+"""
+
+
+def test_prior_killed_with_sigkill_resumes_bit_for_bit(straight_prior, tmp_path):
+    """A real SIGKILL as soon as the first checkpoint (10 of 20) is on disk, then the same command again; both
+    processes share a compilation cache."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workdir = str(tmp_path / "killed")
+    script = _KILLABLE_RUN.format(tests=os.path.join(REPO, "tests"), workdir=workdir)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    ckpt_dir = os.path.join(workdir, "prior", "checkpoints")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not os.path.isdir(os.path.join(ckpt_dir, "10")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpointer = Checkpointer(ckpt_dir, 3)
+    killed_at = checkpointer.latest_step()
+    checkpointer.close()
+    rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    template = _prior_template()
+    _assert_trees_equal(_checkpoint_state(os.path.join(workdir, "prior"), template),
+                        _checkpoint_state(os.path.join(straight_prior, "prior"), template))
+    assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10, 15, 20]
+    assert killed_at == 10, "the run saved its last checkpoint before the kill: only the rerun was tested"
