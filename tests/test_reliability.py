@@ -453,3 +453,47 @@ def test_prior_killed_with_sigkill_resumes_bit_for_bit(straight_prior, tmp_path)
                         _checkpoint_state(os.path.join(straight_prior, "prior"), template))
     assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10, 15, 20]
     assert killed_at == 10, "the run saved its last checkpoint before the kill: only the rerun was tested"
+
+
+_PROCESS_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from apd.training.sharding import maybe_initialize_distributed
+assert maybe_initialize_distributed()
+import jax
+from test_reliability import _dataset, _prior_config
+from apd.training.prior import train_prior
+train_prior(_prior_config(num_steps=10), {workdir!r}, _dataset())
+print(jax.process_index(), jax.process_count(), jax.device_count())
+"""
+
+
+def test_two_processes_train_like_one(straight_prior, tmp_path):
+    """The prior stage as 2 processes on this machine (jax.distributed, CPU collectives), each feeding half of
+    the global batch of 8, matches step 10 of the 1-process run to float tolerance."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "two")
+    script = _PROCESS_RUN.format(tests=os.path.join(REPO, "tests"), workdir=workdir)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=dict(env, JAX_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    assert sorted(out.strip().splitlines()[-1] for out, _ in outs) == ["0 2 2", "1 2 2"]
+    template = _prior_template()
+    two = _checkpoint_state(os.path.join(workdir, "prior"), template)
+    checkpointer = Checkpointer(os.path.join(straight_prior, "prior", "checkpoints"), 3)
+    one = checkpointer.restore(template, 10)
+    checkpointer.close()
+    assert int(two["step"]) == int(one["step"]) == 10
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+                 two["params"], one["params"])
+    assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10]  # one writer: process 0

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -107,10 +108,14 @@ class Checkpointer:
         later = [s for s in steps if s > step]
         if later:
             self._manager.close()
-            aside = os.path.join(os.path.dirname(self.directory), "discarded_checkpoints")
-            os.makedirs(aside, exist_ok=True)
-            for s in later:
-                shutil.move(os.path.join(self.directory, str(s)), os.path.join(aside, f"{s}_{_now().replace(':', '')}"))
+            if jax.process_index() == 0:
+                aside = os.path.join(os.path.dirname(self.directory), "discarded_checkpoints")
+                os.makedirs(aside, exist_ok=True)
+                stamp = _now().replace(":", "")
+                for s in later:
+                    shutil.move(os.path.join(self.directory, str(s)), os.path.join(aside, f"{s}_{stamp}"))
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("apd discard_after")
             self._manager = ocp.CheckpointManager(self.directory, options=self._options)
         return later
 
