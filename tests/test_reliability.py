@@ -497,3 +497,23 @@ def test_two_processes_train_like_one(straight_prior, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
                  two["params"], one["params"])
     assert [m["step"] for m in read_metrics(os.path.join(workdir, "prior"))] == [5, 10]  # one writer: process 0
+
+
+def test_data_files_are_checked_against_sha256sums(tmp_path):
+    import hashlib
+
+    from apd.data.base import locate
+
+    data = tmp_path / "mnist.npz"
+    data.write_bytes(b"the real file")
+    digest = hashlib.sha256(b"the real file").hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  other.npz\n{digest}  mnist.npz\n")
+    assert locate(str(tmp_path), "mnist.npz") == data
+    data.write_bytes(b"the real fil")  # truncated (same second: the size tells it apart)
+    with pytest.raises(ValueError) as err:
+        locate(str(data), "mnist.npz")
+    assert str(err.value) == (f"{data} differs from its checksum in {tmp_path}/SHA256SUMS (sha256 "
+                              f"{hashlib.sha256(b'the real fil').hexdigest()[:12]}..., expected {digest[:12]}...): the "
+                              "file is damaged or another version; copy it again")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  other.npz\n")  # files it does not list are not checked
+    assert locate(str(tmp_path), "mnist.npz") == data

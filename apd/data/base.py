@@ -2,12 +2,14 @@
 
 File lookup: `cfg.path` (a file, or a folder holding the file) if given; else the folder named by the
 environment variable APD_DATA_DIR; else `<repo root>/../shared/data` when that folder exists. A missing
-file raises FileNotFoundError with one line naming the file and where to put it. Nothing here reaches the
+file raises FileNotFoundError with one line naming the file and where to put it. A file listed in a SHA256SUMS
+file beside it (as in ../shared/data) must match its checksum, else ValueError names it. Nothing here reaches the
 network.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -91,13 +93,47 @@ def locate(path: str | os.PathLike | None, filename: str,
     if base.is_dir():
         candidate = base / filename
         if candidate.is_file():
-            return candidate
+            return verify_checksum(candidate)
         if folder_ok is not None and folder_ok(base):
             return base
         raise missing_file(filename, candidate)
     if base.is_file():
-        return base
+        return verify_checksum(base)
     raise missing_file(filename, base)
+
+
+CHECKSUM_FILE = "SHA256SUMS"
+_verified: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files already checked in this process
+
+
+def verify_checksum(path: Path) -> Path:
+    """path, after checking it against the SHA256SUMS file of its folder (`sha256sum` format) when that file
+    exists and lists it; raises ValueError naming the file when its checksum differs."""
+    sums = path.parent / CHECKSUM_FILE
+    if not sums.is_file():
+        return path
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return path
+    expected = None
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == path.name:
+            expected = parts[0].lower()
+    if expected is None:
+        return path
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(
+            f"{path} differs from its checksum in {sums} (sha256 {digest.hexdigest()[:12]}..., expected "
+            f"{expected[:12]}...): the file is damaged or another version; copy it again"
+        )
+    _verified.add(key)
+    return path
 
 
 def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
