@@ -351,3 +351,18 @@ def test_results_replace_the_old_only_when_all_are_written(evaluation, tmp_path,
     write_outputs(results, str(tmp_path))
     assert (tmp_path / "results.md").read_text().startswith("#") and (tmp_path / "tuning.json").read_text() == "{}"
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".writing-")]
+
+
+def test_same_seed_and_config_give_identical_tables_and_samples(workdir):
+    def run():
+        results = run_evaluation(_config(), workdir, ["ddrm"], num_measurements=2, num_samples=4, baseline_samples=2,
+                                 with_start=False, log=lambda m: None)
+        test = results["sets"]["test"]
+        rows = [{k: v for k, v in row.items() if not k.startswith("time")} for row in test["rows"]]
+        return rows, test["signals"]
+
+    (rows, signals), (rows_again, signals_again) = run(), run()
+    assert rows == rows_again and len(rows) == 5
+    assert sorted(signals) == sorted(signals_again)
+    for name in signals:
+        np.testing.assert_array_equal(signals[name], signals_again[name])
