@@ -30,6 +30,11 @@ class UserError(Exception):
     """An error in what the user asked for, reported in one line."""
 
 
+def _verbose(argv: list[str]) -> bool:
+    """--verbose on a command line whose flags are not parsed yet."""
+    return any(a == "--verbose" or a.lower() in ("--verbose=true", "--verbose=1") for a in argv)
+
+
 def fail(message: str) -> None:
     """Print `error: message` (one line) to stderr and exit with status 1."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
@@ -92,7 +97,7 @@ def define_config(default: str) -> None:
     try:
         check_config_args(sys.argv, default)
     except UserError as err:
-        if "--verbose" in sys.argv:
+        if _verbose(sys.argv):
             raise
         fail(str(err))
     config_flags.DEFINE_config_file("config", default, "Experiment config file (configs/<task>.py).")
@@ -106,7 +111,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             FLAGS.config  # applies the overrides
         return rest
     except Exception as err:  # flags.Error, or a value the config rejects
-        if "--verbose" in argv:
+        if _verbose(argv):
             raise
         fail(str(err) if isinstance(err, flags.Error) else f"bad flag value: {type(err).__name__}: {err}")
 

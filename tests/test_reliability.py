@@ -334,13 +334,16 @@ def test_restoring_another_models_checkpoint_is_one_line(straight_prior):
 
 def _bad_workdir(tmp_path, kind):
     """A workdir of the given kind: 'file', 'damaged_config' (prior/config.json not JSON), 'other_seed' (a prior
-    started with seed 5), or 'empty' (not there)."""
+    started with seed 5), or 'empty' (not there); 'damaged_data' also writes a damaged tmp_path/bad_data/mnist.npz."""
     workdir = tmp_path / "run"
     if kind == "file":
         workdir.write_text("not a folder")
     elif kind == "damaged_config":
         (workdir / "prior").mkdir(parents=True)
         (workdir / "prior" / "config.json").write_text('{"seed": 0, "prior": {')
+    elif kind == "damaged_data":
+        (tmp_path / "bad_data").mkdir()
+        (tmp_path / "bad_data" / "mnist.npz").write_bytes(b"PK\x03\x04 cut short")
     elif kind == "other_seed":
         from apd.training.checkpoint import save_config
         from configs import digits_denoise
@@ -369,6 +372,8 @@ def _bad_workdir(tmp_path, kind):
         ("train.py", [], "file", {}, "error: workdir {workdir} is a file, not a folder"),
         ("train.py", ["--config=configs/bunny_mnist.py"], "empty", {"APD_DATA_DIR": "{tmp}/no_data"},
          "error: bun_zipper_res3.ply not found at {tmp}/no_data; put it there, set APD_DATA_DIR or pass data.path"),
+        ("train.py", ["--config=configs/mnist.py"], "damaged_data", {"APD_DATA_DIR": "{tmp}/bad_data"},
+         "error: {tmp}/bad_data/mnist.npz is damaged: not a readable .npz (File is not a zip file)"),
         ("train.py", [], "damaged_config", {}, "error: {workdir}/prior/config.json is damaged: not valid JSON"),
         ("train.py", [], "other_seed", {},
          "error: the config differs from the one {workdir}/prior was trained with: seed 5 -> 0; these change"),
@@ -398,7 +403,7 @@ def test_command_line_bad_input_is_one_line(tmp_path, script, args, workdir_kind
     assert run.returncode == 1 and len(lines) == 1, run.stderr[-3000:]
     assert lines[0].startswith(expected.format(workdir=workdir, tmp=tmp_path))
     after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, files in os.walk(tmp_path) for f in files}
-    assert after == before and (workdir_kind != "empty" or not workdir.exists())
+    assert after == before and (workdir_kind not in ("empty", "damaged_data") or not workdir.exists())
     if workdir_kind == "empty":
         assert not os.path.exists(os.path.join(REPO, "runs", "nope"))
 

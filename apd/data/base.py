@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,12 +138,16 @@ def verify_checksum(path: Path) -> Path:
 
 
 def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The named arrays of an .npz file; a missing key raises KeyError naming the file and the key."""
-    with np.load(path) as f:
-        absent = [k for k in keys if k not in f.files]
-        if absent:
-            raise KeyError(f"{path} lacks array(s) {absent}; it holds {f.files}")
-        return {k: f[k] for k in keys}
+    """The named arrays of an .npz file; a missing key raises KeyError naming the file and the key, a damaged
+    file ValueError."""
+    try:
+        with np.load(path) as f:
+            absent = [k for k in keys if k not in f.files]
+            if absent:
+                raise KeyError(f"{path} lacks array(s) {absent}; it holds {f.files}")
+            return {k: f[k] for k in keys}
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path} is damaged: not a readable .npz ({err})") from None
 
 
 def to_unit(x: np.ndarray, scale: float) -> np.ndarray:

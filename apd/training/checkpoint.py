@@ -31,7 +31,8 @@ class CheckpointError(ValueError):
 
 
 def _first_line(err: Exception, limit: int = 160) -> str:
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The gist of an orbax / TensorStore error: its first line, before any 'See full TensorStore details'."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(" See full TensorStore")[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -80,11 +81,11 @@ class Checkpointer:
             reason = _first_line(err)
         intact = self._newest_readable(abstract, below=int(step))
         if intact is None:
-            raise CheckpointError(
-                f"checkpoint {step} in {self.directory} cannot be restored ({reason}), nor can any earlier one: they "
-                "were written for another model, or all are damaged",
-                self.directory, int(step), None,
-            )
+            earlier = [s for s in self._manager.all_steps() if s < int(step)]
+            why = ("nor can any earlier one: they were written for another model, or all are damaged" if earlier
+                   else "and there is no earlier one: it was written for another model, or is damaged")
+            raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be restored ({reason}), {why}",
+                                  self.directory, int(step), None)
         raise CheckpointError(
             f"checkpoint {step} in {self.directory} is unreadable ({reason}); the newest intact one is step {intact}",
             self.directory, int(step), intact,
