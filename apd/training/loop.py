@@ -41,6 +41,14 @@ def _window_means(window: list[dict]) -> dict:
     return logged
 
 
+def _stop_message(desc: str, bad_run: int, last: int, max_bad: int, checkpointer: Checkpointer) -> str:
+    latest = checkpointer.latest_step()  # waits for a pending save
+    kept = "no checkpoint was saved" if latest is None else f"the last checkpoint, step {latest}, is intact"
+    return (f"{desc}: {bad_run} consecutive steps ({last - bad_run + 1} to {last}) had a non-finite loss or gradient "
+            f"and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in {checkpointer.directory}; "
+            "lower the learning rate or check the data")
+
+
 def run_steps(
     state: dict,
     step_fn: Callable[..., tuple[dict, dict]],
@@ -67,24 +75,18 @@ def run_steps(
     start, total = int(state["step"]), int(training_cfg.num_steps)
     writer = MetricsWriter(logdir, resume_step=start) if is_main else None
     window: list[dict] = []
-    bad_run = 0
+    bad_run, previous = 0, None  # consecutive skipped steps; the 'skipped' flag of the step before
     try:
         with tqdm(total=total, initial=start, desc=desc, disable=not is_main) as bar:
             for step in range(start, total):
                 state, metrics = step_fn(state, *batch_fn(step))
                 window.append(metrics)
                 done = step + 1
-                bad_run = bad_run + 1 if "skipped" in metrics and float(jax.device_get(metrics["skipped"])) else 0
-                if bad_run >= max_bad:
-                    latest = checkpointer.latest_step()  # waits for a pending save
-                    kept = f"the last checkpoint, step {latest}, is intact"
-                    if latest is None:
-                        kept = "no checkpoint was saved"
-                    raise TrainingStopped(
-                        f"{desc}: {bad_run} consecutive steps ({done - bad_run + 1} to {done}) had a non-finite loss "
-                        f"or gradient and were skipped (training.max_bad_steps = {max_bad}); stopped: {kept} in "
-                        f"{checkpointer.directory}; lower the learning rate or check the data"
-                    )
+                if previous is not None:  # read one step late, so that the device runs ahead of the host
+                    bad_run = bad_run + 1 if float(jax.device_get(previous)) else 0
+                    if bad_run >= max_bad:
+                        raise TrainingStopped(_stop_message(desc, bad_run, step, max_bad, checkpointer))
+                previous = metrics.get("skipped")
                 if done % training_cfg.log_every == 0 or done == total:
                     logged = _window_means(window)
                     logged["lr"] = float(schedule(step))
