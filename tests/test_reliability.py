@@ -522,3 +522,15 @@ def test_data_files_are_checked_against_sha256sums(tmp_path):
                               "file is damaged or another version; copy it again")
     (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  other.npz\n")  # files it does not list are not checked
     assert locate(str(tmp_path), "mnist.npz") == data
+
+
+def test_options_added_since_a_run_started_are_recorded_not_refused():
+    from apd.training.checkpoint import config_changes
+
+    saved = {"seed": 0, "data.name": "bunny_mnist", "flow.training.lr": 1e-3}
+    new = {**saved, "data.vertex_order": "file", "flow.training.max_bad_steps": 5, "flow.signal_shape": [2]}
+    assert config_changes(saved, new, ("seed", "data", "flow")) == (
+        {}, {"data.vertex_order": [None, "file"], "flow.training.max_bad_steps": [None, 5]})
+    other = {**new, "data.name": "mnist", "flow.training.lr": 2e-3}
+    assert list(config_changes(saved, other, ("seed", "data", "flow"))[0]) == ["data.name", "flow.training.lr"]
+    assert config_changes({**saved, "operator.name": "denoise"}, saved, ("flow",)) == ({}, {})

@@ -168,7 +168,9 @@ def _is_safe(key: str) -> bool:
 
 def config_changes(flat_saved: dict, flat_new: dict, sections: Iterable[str]) -> tuple[dict, dict]:
     """(unsafe, safe): {key: [saved value, new value]} over the named top-level sections of two flat configs
-    ({'a.b': value}); a key missing on one side has the value None there. Keys in DERIVED_KEYS are ignored."""
+    ({'a.b': value}); DERIVED_KEYS are ignored. A key on one side only (value None on the other) is a safe
+    change: command-line overrides cannot add fields, so it is an option the code or the config file gained (or
+    lost) since the run started, whose default keeps the earlier behaviour; it is recorded, not refused."""
     sections = tuple(sections)
     flat_saved = {k: v for k, v in flat_saved.items() if k.split(".")[0] in sections}
     flat_new = {k: v for k, v in flat_new.items() if k.split(".")[0] in sections}
@@ -178,7 +180,8 @@ def config_changes(flat_saved: dict, flat_new: dict, sections: Iterable[str]) ->
             continue
         old, new = flat_saved.get(key), flat_new.get(key)
         if old != new:
-            (safe if _is_safe(key) else unsafe)[key] = [old, new]
+            one_sided = key not in flat_saved or key not in flat_new
+            (safe if one_sided or _is_safe(key) else unsafe)[key] = [old, new]
     return unsafe, safe
 
 
