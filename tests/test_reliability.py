@@ -285,11 +285,13 @@ def test_resume_with_changed_settings_is_refused_before_any_work(straight_prior,
 # ---------------------------------------------------------------- damaged checkpoints
 
 
-def _truncate_largest_file(folder):
-    files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.truncate(os.path.getsize(largest) // 2)
+def _truncate_data_files(folder):
+    """Cut every array data file (orbax's .../d/<hash>) of a checkpoint folder to half its size."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(folder) if os.path.basename(d) == "d" for f in names]
+    assert files
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
 
 
 def test_damaged_latest_checkpoint_is_named_and_resumed_from_only_on_request(straight_prior, tmp_path):
@@ -300,7 +302,7 @@ def test_damaged_latest_checkpoint_is_named_and_resumed_from_only_on_request(str
     workdir = str(tmp_path / "run")
     shutil.copytree(straight_prior, workdir)
     ckpt_dir = os.path.join(workdir, "prior", "checkpoints")
-    _truncate_largest_file(os.path.join(ckpt_dir, "20"))
+    _truncate_data_files(os.path.join(ckpt_dir, "20"))
     # a save killed half way leaves only orbax's temporary folder, which is ignored
     shutil.copytree(os.path.join(ckpt_dir, "10"), os.path.join(ckpt_dir, "30.orbax-checkpoint-tmp-1764662400"))
     with pytest.raises(CheckpointError) as err:
