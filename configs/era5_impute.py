@@ -26,4 +26,18 @@ def get_config() -> ConfigDict:
         num_steps=4_000, batch_size=16, num_z=2, lr=5e-4, warmup_steps=100, eval_every=500,
         eval_num_measurements=3,
     )
+    # Baseline settings for evaluate.py, each the best of a sweep on the 3 validation fields x 2 draws
+    # (benchmarks/tune_baseline.py; scores in docs/results/era5_impute/tuning.json): DPS zeta 0.3, MCG alpha 1,
+    # PiGDM w 1, C-PiGDM w 81 (noisy first-order variant; 243 collapses), DDRM eta 1 (the top of its range), RED-diff
+    # lam 1.2e-5 (it improves as its prior term vanishes, down to there).
+    config.baselines = ConfigDict(
+        dict(
+            dps=dict(zeta=0.3),
+            mcg=dict(alpha_step=1.0),
+            pigdm=dict(w=1.0),
+            cpigdm=dict(w=81.0),
+            ddrm=dict(eta=1.0),
+            reddiff=dict(lam=1.163e-5),
+        )
+    )
     return config
