@@ -19,6 +19,7 @@ import jax
 from apd.data import DATA_OPTIONS, DATASETS, SOURCES
 from apd.data.mesh_order import ORDERS
 from apd.operators import OPERATOR_NAMES
+from apd.objective import PRIOR_GRADIENTS
 from apd.training.flow import FIT_OUTPUT_MODES
 
 SECTIONS = ("data", "prior", "operator", "flow")
@@ -144,6 +145,12 @@ def _flow_problems(flow) -> list[str]:
     prior_signals = training.get("prior_signals", 0)
     if not isinstance(prior_signals, int) or prior_signals < 0:
         problems.append(f"flow.training.prior_signals must be a whole number >= 0, got {prior_signals!r}")
+    gradient = training.get("prior_gradient", "elbo")
+    if gradient not in PRIOR_GRADIENTS:
+        problems.append(f"flow.training.prior_gradient must be one of {PRIOR_GRADIENTS}, got {gradient!r}")
+    score_time = training.get("score_time", 0.01)
+    if not isinstance(score_time, (int, float)) or not 0 < score_time <= 1:
+        problems.append(f"flow.training.score_time must be in (0, 1], got {score_time!r}")
     mode = training.get("fit_output", "prior")
     if mode not in FIT_OUTPUT_MODES:
         problems.append(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")

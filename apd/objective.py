@@ -8,6 +8,15 @@ For measurements y_b with operators A_b and z ~ N(0, I), x = G(z, c_b) with c_b 
 w the data weight (1 unless annealed). Since E_q[log N(z)] does not depend on the flow,
 L + E[log N(z)] = E_y KL(q(.|y) || p(.|y)) - E_y log p(y) (up to the ELBO gap), which `kl_plus_evidence`
 reports.
+
+Two variance levers change the gradient, not the optimum (../shared/POSTERIOR_GAP.md, levers 2 and 3):
+- prior_gradient='score': the prior term's gradient in x is the score network at a small time t_s,
+  a_s * score(a_s x + s_s e, t_s) (the gradient of the prior smoothed at t_s), in place of the gradient of a
+  one-draw ELBO: no (t, e) noise and no backward pass through the score network. Its loss value is a surrogate
+  (<score, x>, not an ELBO), so the run logs `prior_surrogate` instead of `prior_elbo`.
+- path_gradient=True: the entropy term is log q(x) evaluated with the flow's parameters held fixed, so its
+  gradient reaches the parameters through x only ("sticking the landing", Roeder et al. 2017): its variance
+  vanishes as q reaches the posterior. One inverse pass more.
 """
 from __future__ import annotations
 
@@ -22,13 +31,28 @@ from apd.elbo import elbo
 from apd.priors.base import Prior
 
 
+PRIOR_GRADIENTS = ("elbo", "score")
+
+
 class APDTerms(NamedTuple):
-    """Per-measurement averages, each (B,): the loss is data_weight * fidelity - prior_elbo - logdet."""
+    """Per-measurement averages, each (B,): the loss is data_weight * fidelity - prior_elbo + entropy."""
 
     fidelity: jax.Array  # -log p(y|x), nats
-    prior_elbo: jax.Array  # lower bound on log p(x), nats
+    prior_elbo: jax.Array  # lower bound on log p(x), nats (prior_gradient='score': the surrogate <score, x>)
     logdet: jax.Array  # log|det dG/dz|
     log_q: jax.Array  # log q(x|y) = log N(z) - logdet
+    entropy: jax.Array  # the term whose gradient is the entropy's: -logdet, or log q at fixed parameters
+
+
+def score_surrogate(prior: Prior, x: jax.Array, key: jax.Array, score_time: float) -> jax.Array:
+    """(B,) values whose gradient in x (B,*S) is a_s * score(a_s x + s_s e, t_s), t_s = score_time: the gradient
+    of log p_{t_s}(a_s x + s_s e), i.e. of log p(x) smoothed at t_s; no gradient reaches the score network."""
+    sde = prior.sde
+    t = jnp.full((x.shape[0],), score_time, x.dtype)
+    e = jax.random.normal(key, x.shape, x.dtype)
+    x_s = jax.lax.stop_gradient(sde.marginal(x, t, e))
+    grad = jax.lax.stop_gradient(sde.alpha(score_time) * prior.score(x_s, t))
+    return jnp.sum((grad * x).reshape(x.shape[0], -1), axis=1)
 
 
 def repeat_batch(tree: Any, k: int) -> Any:
@@ -45,11 +69,17 @@ def apd_terms(
     key: jax.Array,
     num_z: int = 1,
     elbo_draws: int = 1,
+    prior_gradient: str = "elbo",
+    score_time: float = 0.01,
+    path_gradient: bool = False,
 ) -> APDTerms:
     """Terms of the objective for measurements y (B,*M) with batched operators (leading axis B).
 
-    num_z: flow samples per measurement; elbo_draws: (t, e) draws of the prior bound per sample.
+    num_z: flow samples per measurement; elbo_draws: (t, e) draws of the prior bound per sample;
+    prior_gradient, score_time, path_gradient: the estimator (module docstring).
     """
+    if prior_gradient not in PRIOR_GRADIENTS:
+        raise ValueError(f"prior_gradient must be one of {PRIOR_GRADIENTS}, got {prior_gradient!r}")
     k_z, k_elbo = jax.random.split(key)
     batch = y.shape[0]
     cond = jax.vmap(flows.condition_of)(operators, y)
@@ -57,18 +87,33 @@ def apd_terms(
     z = jax.random.normal(k_z, (batch * num_z,) + tuple(flow.signal_shape))
     x, logdet = flow.apply({"params": flow_params}, z, cond_k)
     log_lik = jax.vmap(lambda op, yy, xx: op.log_likelihood(yy, xx))(ops_k, y_k, x)
-    prior_bound = elbo(prior, x, k_elbo, num_draws=elbo_draws)
+    if prior_gradient == "score":
+        prior_bound = score_surrogate(prior, x, k_elbo, score_time)
+    else:
+        prior_bound = elbo(prior, x, k_elbo, num_draws=elbo_draws)
     log_q = flows.normal_log_prob(z) - logdet
+    if path_gradient:
+        entropy = flows.log_prob(flow, jax.lax.stop_gradient(flow_params), x, cond_k)
+    else:
+        entropy = -logdet
 
     def per_y(v):
         return jnp.mean(v.reshape(batch, num_z), axis=1)
 
-    return APDTerms(per_y(-log_lik), per_y(prior_bound), per_y(logdet), per_y(log_q))
+    return APDTerms(per_y(-log_lik), per_y(prior_bound), per_y(logdet), per_y(log_q), per_y(entropy))
+
+
+def estimator_options(settings) -> dict:
+    """apd_terms' estimator keywords from an object or ConfigDict with elbo_draws, prior_gradient, score_time,
+    path_gradient (missing ones at their defaults)."""
+    get = settings.get if hasattr(settings, "get") else lambda name, default: getattr(settings, name, default)
+    return dict(elbo_draws=int(get("elbo_draws", 1)), prior_gradient=get("prior_gradient", "elbo"),
+                score_time=float(get("score_time", 0.01)), path_gradient=bool(get("path_gradient", False)))
 
 
 def apd_loss(terms: APDTerms, data_weight: float | jax.Array = 1.0) -> jax.Array:
-    """Scalar loss: mean over measurements of data_weight * fidelity - prior_elbo - logdet."""
-    return jnp.mean(data_weight * terms.fidelity - terms.prior_elbo - terms.logdet)
+    """Scalar loss: mean over measurements of data_weight * fidelity - prior_elbo + entropy term."""
+    return jnp.mean(data_weight * terms.fidelity - terms.prior_elbo + terms.entropy)
 
 
 def kl_plus_evidence(terms: APDTerms) -> jax.Array:

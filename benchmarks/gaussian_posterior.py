@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from apd.eval.metrics import coverage
 from apd.flows import ConditionalRealNVP, condition_of, normal_log_prob
-from apd.objective import apd_loss, apd_terms
+from apd.objective import PRIOR_GRADIENTS, apd_loss, apd_terms, estimator_options
 from apd.operators import Inpaint, broadcast_operator
 from apd.priors import GaussianPrior
 from apd.optim import apply_gradients, init_train_state, make_optimizer
@@ -47,6 +47,10 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num_z", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--elbo_draws", type=int, default=1)
+    parser.add_argument("--prior_gradient", choices=PRIOR_GRADIENTS, default="elbo")
+    parser.add_argument("--score_time", type=float, default=0.01, help="with --prior_gradient score")
+    parser.add_argument("--path_gradient", action="store_true", help="entropy gradient through x only")
     parser.add_argument("--num_test", type=int, default=50)
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--out", default="docs/results/gaussian_posterior.json")
@@ -65,9 +69,10 @@ def main():
         rng, kx, ky, kl = jax.random.split(state["rng"], 4)
         x = prior.sample(kx, args.batch)  # fresh training signals and measurements from the prior
         y = jax.vmap(lambda o, k, xx: o.measure(k, xx))(ops, jax.random.split(ky, args.batch), x)
-        loss, grads = jax.value_and_grad(lambda p: apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z)))(
-            state["params"]
-        )
+        def loss_fn(p):
+            return apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z, **estimator_options(args)))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         return apply_gradients(state, grads, tx, 0.999, rng), loss
 
     start = time.perf_counter()
@@ -95,6 +100,7 @@ def main():
         "noise_std": args.noise_std,
         "hidden_fraction": 0.5,
         "steps": args.steps,
+        "estimator": estimator_options(args),
         "train_seconds": round(train_seconds, 1),
         "kl_per_dim": float(np.mean(kls) / args.dim),
         "posterior_mean_rmse": float(np.mean(mean_err)),
@@ -102,7 +108,8 @@ def main():
         "coverage": {"50%": float(cover[0]), "90%": float(cover[1]), "95%": float(cover[2])},
         "num_test_measurements": args.num_test,
         "samples_per_measurement": args.samples,
-        "command": "python benchmarks/gaussian_posterior.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "command": "python benchmarks/gaussian_posterior.py " + " ".join(
+            f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(args).items() if v is not False),
     }
     print(json.dumps(result, indent=2))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -42,7 +42,7 @@ from apd.eval.metrics import bootstrap_ci, sliced_wasserstein
 from apd.evaluation import MeasurementSet, run_baseline
 from apd.flows import ConditionalRealNVP
 from apd.measurements import measure, split_key
-from apd.objective import apd_loss, apd_terms, data_weight_schedule, repeat_batch
+from apd.objective import PRIOR_GRADIENTS, apd_loss, apd_terms, data_weight_schedule, estimator_options, repeat_batch
 from apd.operators import Matrix, OperatorFamily, broadcast_operator
 from apd.optim import apply_gradients, init_train_state, make_optimizer
 from apd.priors import GaussianMixturePrior
@@ -94,7 +94,7 @@ def train_apd(prior, op, args):
         weight = data_weight_schedule(state["step"], args.anneal_steps)
 
         def loss_fn(p):
-            return apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z), weight)
+            return apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z, **estimator_options(args)), weight)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         return apply_gradients(state, grads, tx, 0.999, rng), loss
@@ -200,6 +200,10 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num_z", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--elbo_draws", type=int, default=1)
+    parser.add_argument("--prior_gradient", choices=PRIOR_GRADIENTS, default="elbo")
+    parser.add_argument("--score_time", type=float, default=0.01, help="with --prior_gradient score")
+    parser.add_argument("--path_gradient", action="store_true", help="entropy gradient through x only")
     parser.add_argument("--anneal_steps", type=int, default=0, help="data weight ramp 0 -> 1 over these steps")
     parser.add_argument("--couplings", type=int, default=8)
     parser.add_argument("--width", type=int, default=256)
@@ -256,7 +260,8 @@ def main():
         },
         "settings": {
             "steps": args.steps, "batch": args.batch, "num_z": args.num_z, "lr": args.lr,
-            "anneal_steps": args.anneal_steps, "flow": {"couplings": args.couplings, "width": args.width, "depth": 2},
+            "anneal_steps": args.anneal_steps, "estimator": estimator_options(args),
+            "flow": {"couplings": args.couplings, "width": args.width, "depth": 2},
             "num_test": args.num_test, "samples": args.samples, "seed": args.seed,
             "sw_directions": NUM_DIRECTIONS, "bootstrap": "percentile, 2000 resamples of the measurements",
             "baselines": BASELINE_SETTINGS,
@@ -266,7 +271,8 @@ def main():
         "methods": methods,
         "notes": apd_notes(methods, float(np.mean(major))),
         "device": jax.devices()[0].device_kind,
-        "command": "python benchmarks/mixture_posterior.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "command": "python benchmarks/mixture_posterior.py " + " ".join(
+            f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(args).items() if v is not False),
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

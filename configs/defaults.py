@@ -33,6 +33,9 @@ def flow_training(**overrides) -> ConfigDict:
         batch_size=64,
         num_z=2,
         elbo_draws=1,
+        prior_gradient="elbo",  # 'score': the prior term's gradient is the score at score_time (apd.objective)
+        score_time=0.01,
+        path_gradient=False,  # True: the entropy's gradient through x only ("sticking the landing")
         num_steps=10_000,
         lr=5e-4,
         warmup_steps=500,

@@ -46,6 +46,60 @@ def test_value_at_the_exact_posterior_is_minus_log_evidence():
     assert values.mean() == pytest.approx(-log_evidence, abs=4 * values.std() / 2 + 0.02)
 
 
+def _exact_posterior_flow():
+    """A diagonal Gaussian prior, denoising one y, and a flow whose output map holds the exact posterior."""
+    var = np.array([0.02, 0.05, 0.01, 0.03])
+    prior = GaussianPrior.create(np.full(D, 0.5), np.diag(var), signal_shape=(D, 1))
+    post_var = 1 / (1 / var + 1 / S**2)
+    flow = ConditionalRealNVP((D, 1), num_couplings=2, width=8)
+    params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, D, 1)), jnp.zeros((1, D, 1)))["params"]
+    params = dict(
+        params,
+        estimate_gain=jnp.asarray(post_var / S**2, jnp.float32),
+        out_shift=jnp.asarray(post_var * 0.5 / var, jnp.float32),
+        out_log_scale=jnp.asarray(0.5 * np.log(post_var), jnp.float32),
+    )
+    op = broadcast_operator(Denoise(S, (D, 1)), 1)
+    y = jnp.asarray([0.6, 0.3, 0.45, 0.8], jnp.float32).reshape(1, D, 1)
+    return prior, flow, params, op, y
+
+
+def _grad_norm(estimator, params_shift=0.0, num_z=16, key=3):
+    prior, flow, params, op, y = _exact_posterior_flow()
+    params = dict(params, out_shift=params["out_shift"] + params_shift)
+
+    def loss(p):
+        return apd_loss(apd_terms(flow, p, prior, op, y, jax.random.PRNGKey(key), num_z=num_z, **estimator))
+
+    grads = jax.grad(loss)(params)
+    return float(optax.tree.norm(grads)), grads
+
+
+def test_score_and_path_gradient_vanish_at_the_exact_posterior():
+    # At q = p(.|y), log q(x) - log p(x|y) is constant in x, so with the exact score (t_s -> 0) and the entropy
+    # differentiated through x only, every sample's gradient is zero; the ELBO estimator's is not.
+    score_path = dict(prior_gradient="score", score_time=1e-5, path_gradient=True)
+    exact_norm, _ = _grad_norm(score_path)
+    elbo_norm, _ = _grad_norm(dict())
+    assert elbo_norm > 1.0, elbo_norm
+    assert exact_norm < 1e-2 * elbo_norm, (exact_norm, elbo_norm)  # measured 0.033 vs 17: the t_s noise
+
+
+def test_score_gradient_agrees_with_the_elbo_gradient_in_expectation():
+    # Away from the optimum (shift off by 0.05), both estimators have the same mean gradient in out_shift
+    # (the ELBO's is unbiased for the exact log-density's; the score at t_s = 1e-5 is its gradient up to 1e-4).
+    _, score = _grad_norm(dict(prior_gradient="score", score_time=1e-5), params_shift=0.05, num_z=20_000)
+    _, elbo_ = _grad_norm(dict(elbo_draws=4), params_shift=0.05, num_z=20_000)
+    g_score, g_elbo = np.asarray(score["out_shift"]).ravel(), np.asarray(elbo_["out_shift"]).ravel()
+    assert np.linalg.norm(g_score) > 5.0
+    np.testing.assert_allclose(g_score, g_elbo, rtol=0.05, atol=0.5)
+
+
+def test_unknown_prior_gradient_is_refused():
+    with pytest.raises(ValueError, match="prior_gradient must be one of"):
+        _grad_norm(dict(prior_gradient="tweedie"))
+
+
 def test_data_weight_schedule_reaches_one():
     assert float(data_weight_schedule(jnp.asarray(0), 0)) == 1.0
     assert float(data_weight_schedule(jnp.asarray(50), 200)) == pytest.approx(0.25)

@@ -30,7 +30,7 @@ from apd.eval.metrics import psnr
 from apd.data.base import save_geometry
 from apd.measurement_files import prepare_measurements, read_measurement_file, take
 from apd.measurements import measure, split_key
-from apd.objective import apd_loss, apd_terms, data_weight_schedule, kl_plus_evidence, repeat_batch
+from apd.objective import apd_loss, apd_terms, data_weight_schedule, estimator_options, kl_plus_evidence, repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, check_resume_config, load_config, record_config
@@ -110,22 +110,24 @@ def make_update(flow: nn.Module, tx, training_cfg):
     The prior is an argument (its parameters are traced, not baked into the compiled step); ops: B operators
     (leading axis B).
     """
-    num_z, draws = int(training_cfg.num_z), int(training_cfg.elbo_draws)
+    num_z = int(training_cfg.num_z)
     decay, anneal = float(training_cfg.ema_decay), int(training_cfg.get("anneal_steps", 0))
+    estimator = estimator_options(training_cfg)
+    prior_key = "prior_surrogate" if estimator["prior_gradient"] == "score" else "prior_elbo"
 
     def update(state, prior, ops, y):
         rng, key = jax.random.split(state["rng"])
         weight = data_weight_schedule(state["step"], anneal)
 
         def loss_fn(params):
-            terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, elbo_draws=draws)
+            terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, **estimator)
             return apd_loss(terms, weight), terms
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         metrics = {
             "loss": loss,
             "fidelity": jnp.mean(terms.fidelity),
-            "prior_elbo": jnp.mean(terms.prior_elbo),
+            prior_key: jnp.mean(terms.prior_elbo),
             "logdet": jnp.mean(terms.logdet),
             "data_weight": weight,
             "grad_norm": optax.global_norm(grads),
