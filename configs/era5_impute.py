@@ -1,6 +1,9 @@
-"""ERA5 imputation on the sphere: 60% of the 4,140 vertices hidden (one fixed mask), s = 0.05.
+"""ERA5 imputation on the sphere: 60% of the 4,140 vertices hidden (one fixed mask), s = 0.05. The prior is the
+residual MLP, or with the `:grid` suffix the grid U-Net of configs/era5_sphere.py:grid (the baseline settings
+below were tuned with the MLP prior).
 
     python train.py --config configs/era5_impute.py --workdir runs/era5_impute
+    python train.py --config configs/era5_impute.py:grid --workdir runs/era5_impute_grid
     python benchmarks/tune_baseline.py --config configs/era5_impute.py --workdir runs/era5_impute \
         --baselines dps,mcg,pigdm,cpigdm,ddrm,reddiff --num_measurements 3 --out docs/results/era5_impute/tuning.json
     python evaluate.py --config configs/era5_impute.py --workdir runs/era5_impute \
@@ -14,8 +17,8 @@ from ml_collections import ConfigDict
 from configs import defaults, era5_sphere
 
 
-def get_config() -> ConfigDict:
-    config = era5_sphere.get_config()
+def get_config(model: str = "") -> ConfigDict:
+    config = era5_sphere.get_config(model)
     config.operator = ConfigDict(dict(name="impute", noise_std=0.05, hidden_fraction=0.6, mask_seed=0))
     config.flow = ConfigDict()
     # No linear shift path: at 4,140 vertices it is 100M of the 125M parameters and 7x the step time

@@ -1,16 +1,17 @@
-"""Score networks: shapes, zero output at init, time dependence, parameter counts, make_score_net."""
+"""Score networks: shapes, zero output at init, time dependence, parameter counts, longitude wrap, make_score_net."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from apd.nets import ResidualMLP, UNet, VertexUNet, make_score_net
-from apd.nets.unet import ResBlock, group_count
+from apd.nets import GridUNet, ResidualMLP, UNet, VertexUNet, make_score_net
+from apd.nets.unet import ResBlock, UNetBackbone, group_count
 
 T = jnp.array([0.1, 0.9])
 SMALL_UNET = UNet(8, (1, 2), 1, attn_resolutions=(4,))
 SMALL_VERTEX = VertexUNet(8, (1, 2, 2), 1, attn_levels=(2,))
+SMALL_GRID = GridUNet(4, (1, 2, 2), 1)  # ERA5's 46x90 grid
 
 
 def _init(module, shape):
@@ -23,6 +24,13 @@ def _num_params(module, shape, *extra):
     args = (jnp.ones(shape),) + extra if extra else (jnp.ones(shape), jnp.full((shape[0],), 0.5))
     params = jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def _random_params(module, x):
+    """Standard normal parameters for module(x, t) (no zero-initialised output)."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x, jnp.ones(x.shape[:1]))["params"]
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
 
 
 def _with_ones_output_kernel(params):
@@ -41,6 +49,7 @@ def _with_ones_output_kernel(params):
         (UNet(4, (1, 2, 2), 1), (1, 6, 10, 3)),  # padded to 8x12
         (SMALL_VERTEX, (1, 37, 1)),  # zero-padded to 40
         (VertexUNet(4, (1, 2, 2), 1), (1, 1889, 1)),  # zero-padded to 1892
+        (SMALL_GRID, (1, 4140, 1)),  # 46x90, padded to 48x92
     ],
 )
 def test_output_shape_equals_input_shape(module, shape):
@@ -49,7 +58,10 @@ def test_output_shape_equals_input_shape(module, shape):
     assert out.shape == shape
 
 
-@pytest.mark.parametrize("module, shape", [(SMALL_UNET, (2, 8, 8, 1)), (SMALL_VERTEX, (2, 37, 1))])
+@pytest.mark.parametrize(
+    "module, shape",
+    [(SMALL_UNET, (2, 8, 8, 1)), (SMALL_VERTEX, (2, 37, 1)), (GridUNet(4, (1, 2), 1, grid_shape=(5, 7)), (2, 35, 1))],
+)
 def test_zero_output_at_init_and_time_dependence(module, shape):
     params = _init(module, shape)
     x = jnp.broadcast_to(jax.random.uniform(jax.random.key(1), shape[1:]), shape)  # same x, two times
@@ -91,13 +103,35 @@ def test_dropout_only_in_training():
     shape = (2, 8, 1)
     base, dropped = VertexUNet(4, (1,), 1), VertexUNet(4, (1,), 1, dropout=0.5)
     x = jax.random.uniform(jax.random.key(1), shape)
-    shapes = jax.eval_shape(base.init, jax.random.key(0), x, T)["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
+    params = _random_params(base, x)
     out = base.apply({"params": params}, x, T)
     np.testing.assert_array_equal(dropped.apply({"params": params}, x, T), out)
     out_train = dropped.apply({"params": params}, x, T, train=True, rngs={"dropout": jax.random.key(2)})
     assert float(jnp.max(jnp.abs(out_train - out))) > 1e-3
+
+
+def test_circular_backbone_is_exactly_periodic_in_longitude():
+    """With width divisible by 2**(levels-1), rolling the input by a multiple of that rolls the output alike."""
+    x = jax.random.normal(jax.random.key(1), (1, 8, 16, 1))
+    t = jnp.full((1,), 0.3)
+    for circular_axes, periodic in (((1,), True), ((), False)):
+        net = UNetBackbone(4, (1, 2, 2), 1, mid_attn=False, circular_axes=circular_axes)
+        params = _random_params(net, x)
+        out, rolled = (net.apply({"params": params}, v, t) for v in (x, jnp.roll(x, 4, axis=2)))
+        error = float(jnp.max(jnp.abs(rolled - jnp.roll(out, 4, axis=2))))
+        assert (error < 1e-4 * float(jnp.max(jnp.abs(out)))) == periodic, (circular_axes, error)
+
+
+def test_grid_unet_wraps_around_in_longitude():
+    """Output column 0 feels input column 89 across the dateline about as much as column 1 on its other side.
+
+    Not exactly roll-equivariant: the 2 wrapped columns that pad 90 to 92 are a seam on the 92-column ring.
+    """
+    x = jax.random.uniform(jax.random.key(1), (1, 4140, 1))
+    params = _random_params(SMALL_GRID, x)
+    column0 = lambda x: jnp.sum(SMALL_GRID.apply({"params": params}, x, T[:1]).reshape(46, 90)[:, 0])
+    grad = jnp.abs(jax.grad(column0)(x)).reshape(46, 90).sum(axis=0)
+    assert float(grad[89]) > 0.5 * float(grad[1]) > 0.0
 
 
 def test_bad_inputs_raise():
@@ -108,6 +142,8 @@ def test_bad_inputs_raise():
         jax.eval_shape(UNet(4, (1, 2), 1).init, jax.random.key(0), jnp.ones((1, 8, 1)), t)
     with pytest.raises(ValueError, match=r"attn_levels \[3\] out of range for 2 levels"):
         jax.eval_shape(VertexUNet(4, (1, 2), 1, attn_levels=(3,)).init, jax.random.key(0), jnp.ones((1, 8, 1)), t)
+    with pytest.raises(ValueError, match=r"GridUNet expects vertex signals \(B,4140,C\) of the 46x90 grid, got shape"):
+        jax.eval_shape(SMALL_GRID.init, jax.random.key(0), jnp.ones((1, 4000, 1)), t)
 
 
 def test_make_score_net():
@@ -118,9 +154,11 @@ def test_make_score_net():
     assert net == UNet(32, (1, 2, 2), 1, attn_resolutions=(8,))
     vertex = make_score_net(ml_collections.ConfigDict({"name": "vertex_unet", "base_channels": 16}), (1889, 1))
     assert vertex == VertexUNet(base_channels=16)
+    grid = make_score_net(ml_collections.ConfigDict({"name": "grid_unet", "grid_shape": [5, 7]}), (35, 1))
+    assert grid == GridUNet(grid_shape=(5, 7))
     mlp = make_score_net(ml_collections.ConfigDict({"name": "mlp", "width": 64, "num_blocks": 2}), (64,))
     assert mlp == ResidualMLP(width=64, num_blocks=2)
-    with pytest.raises(ValueError, match=r"unknown score network 'resnet'; known: mlp, unet, vertex_unet"):
+    with pytest.raises(ValueError, match=r"unknown score network 'resnet'; known: mlp, unet, vertex_unet, grid_unet"):
         make_score_net(ml_collections.ConfigDict({"name": "resnet"}), (8, 8, 1))
     with pytest.raises(ValueError, match=r"unet needs a signal of rank 3, got shape \(1889, 1\)"):
         make_score_net(cfg, (1889, 1))

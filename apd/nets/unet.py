@@ -31,28 +31,40 @@ def group_count(channels: int, max_groups: int) -> int:
     return max(g for g in range(1, limit + 1) if channels % g == 0)
 
 
-def _conv(features: int, nd: int, kernel: int = 3, stride: int = 1, **kwargs) -> nn.Conv:
-    return nn.Conv(features, (kernel,) * nd, strides=(stride,) * nd, padding="SAME", **kwargs)
+def _conv(features: int, kernel: int = 3, stride: int = 1, circular_axes: tuple[int, ...] = (), **kwargs):
+    """A 'SAME' conv on h (B,*L,C) whose padding wraps around along the spatial axes in circular_axes (0 = first)."""
+
+    def conv(h: jax.Array) -> jax.Array:
+        nd = h.ndim - 2
+        pads = jax.lax.padtype_to_pads(h.shape[1:-1], (kernel,) * nd, (stride,) * nd, "SAME")
+        wrap = [p if a in circular_axes else (0, 0) for a, p in enumerate(pads)]
+        zero = [(0, 0) if a in circular_axes else p for a, p in enumerate(pads)]
+        h = jnp.pad(h, [(0, 0), *wrap, (0, 0)], mode="wrap")
+        return nn.Conv(features, (kernel,) * nd, strides=(stride,) * nd, padding=zero, **kwargs)(h)
+
+    return conv
 
 
 class ResBlock(nn.Module):
-    """h (B,*L,Cin), temb (B,E) -> (B,*L,features)."""
+    """h (B,*L,Cin), temb (B,E) -> (B,*L,features); convolutions wrap around along circular_axes."""
 
     features: int
     dropout: float = 0.0
     num_groups: int = 32
+    circular_axes: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
         nd = h.ndim - 2
+        conv = functools.partial(_conv, circular_axes=self.circular_axes)
         r = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.num_groups))(h))
-        r = _conv(self.features, nd)(r)
+        r = conv(self.features)(r)
         r = r + nn.Dense(self.features)(nn.silu(temb)).reshape((-1,) + (1,) * nd + (self.features,))
         r = nn.silu(nn.GroupNorm(group_count(self.features, self.num_groups))(r))
         r = nn.Dropout(self.dropout)(r, deterministic=not train)
-        r = _conv(self.features, nd)(r)
+        r = conv(self.features)(r)
         if h.shape[-1] != self.features:
-            h = _conv(self.features, nd, kernel=1)(h)
+            h = conv(self.features, kernel=1)(h)
         return (h + r) / math.sqrt(2.0)
 
 
@@ -84,6 +96,8 @@ class UNetBackbone(nn.Module):
     Level i works at spatial size L / 2**i with base_channels * channel_mult[i] channels and
     num_res_blocks residual blocks (num_res_blocks + 1 on the way up); attn_levels lists the levels that
     add self-attention after each residual block; mid_attn adds it between the two middle blocks.
+    circular_axes lists the spatial axes (0 = first) along which every convolution wraps around (a periodic
+    signal); the others are zero-padded.
     """
 
     base_channels: int
@@ -93,17 +107,20 @@ class UNetBackbone(nn.Module):
     mid_attn: bool = True
     dropout: float = 0.0
     num_groups: int = 32
+    circular_axes: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
-        nd = x.ndim - 2
         levels = len(self.channel_mult)
-        block = functools.partial(ResBlock, dropout=self.dropout, num_groups=self.num_groups)
+        conv = functools.partial(_conv, circular_axes=self.circular_axes)
+        block = functools.partial(
+            ResBlock, dropout=self.dropout, num_groups=self.num_groups, circular_axes=self.circular_axes
+        )
         temb = sinusoidal_embedding(t, self.base_channels)
         temb = nn.Dense(4 * self.base_channels)(temb)
         temb = nn.Dense(4 * self.base_channels)(nn.silu(temb))
 
-        h = _conv(self.base_channels, nd)(x)
+        h = conv(self.base_channels)(x)
         skips = [h]
         for i, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -112,7 +129,7 @@ class UNetBackbone(nn.Module):
                     h = AttnBlock(self.num_groups)(h)
                 skips.append(h)
             if i < levels - 1:
-                h = _conv(h.shape[-1], nd, stride=2)(h)
+                h = conv(h.shape[-1], stride=2)(h)
                 skips.append(h)
 
         h = block(h.shape[-1])(h, temb, train)
@@ -126,10 +143,10 @@ class UNetBackbone(nn.Module):
                 if i in self.attn_levels:
                     h = AttnBlock(self.num_groups)(h)
             if i > 0:
-                h = _conv(h.shape[-1], nd)(_upsample(h))
+                h = conv(h.shape[-1])(_upsample(h))
 
         h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.num_groups))(h))
-        return _conv(x.shape[-1], nd, kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        return conv(x.shape[-1], kernel_init=nn.initializers.zeros, name="conv_out")(h)
 
 
 class UNet(nn.Module):

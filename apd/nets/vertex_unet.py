@@ -29,14 +29,18 @@ class VertexUNet(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim != 3:
             raise ValueError(f"VertexUNet expects vertex signals (B,V,C), got shape {x.shape}")
+        num_vertices = x.shape[1]
+        pad = -num_vertices % 2 ** (len(self.channel_mult) - 1)
+        h = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+        return self.backbone()(h, t, train)[:, :num_vertices]
+
+    def backbone(self, circular_axes: tuple[int, ...] = ()) -> UNetBackbone:
+        """The UNetBackbone of these fields (for use inside __call__); raises ValueError for bad attn_levels."""
         levels = len(self.channel_mult)
         bad = [i for i in self.attn_levels if not 0 <= i < levels]
         if bad:
             raise ValueError(f"attn_levels {bad} out of range for {levels} levels")
-        num_vertices = x.shape[1]
-        pad = -num_vertices % 2 ** (levels - 1)
-        h = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
-        out = UNetBackbone(
+        return UNetBackbone(
             self.base_channels,
             self.channel_mult,
             self.num_res_blocks,
@@ -44,5 +48,5 @@ class VertexUNet(nn.Module):
             mid_attn=levels - 1 in self.attn_levels,
             dropout=self.dropout,
             num_groups=self.num_groups,
-        )(h, t, train)
-        return out[:, :num_vertices]
+            circular_axes=circular_axes,
+        )
