@@ -103,6 +103,14 @@ def apd_terms(
     return APDTerms(per_y(-log_lik), per_y(prior_bound), per_y(logdet), per_y(log_q), per_y(entropy))
 
 
+def forward_kl_loss(flow: nn.Module, flow_params: Any, operators: Any, y: jax.Array, x: jax.Array) -> jax.Array:
+    """-mean log q(x_b | y_b) over simulated pairs, x (B,*S) with y_b measured from x_b: maximum likelihood,
+    the mass-covering direction (KL(p || q) up to a constant), needing no score (POSTERIOR_GAP.md lever 5).
+    With x drawn from the prior it uses nothing beyond the prior and the operator."""
+    cond = jax.vmap(flows.condition_of)(operators, y)
+    return -jnp.mean(flows.log_prob(flow, flow_params, x, cond))
+
+
 def estimator_options(settings) -> dict:
     """apd_terms' estimator keywords from an object or ConfigDict with elbo_draws, prior_gradient, score_time,
     path_gradient (missing ones at their defaults)."""

@@ -42,7 +42,9 @@ from apd.eval.metrics import bootstrap_ci, sliced_wasserstein
 from apd.evaluation import MeasurementSet, run_baseline
 from apd.flows import ConditionalRealNVP
 from apd.measurements import measure, split_key
-from apd.objective import PRIOR_GRADIENTS, apd_loss, apd_terms, data_weight_schedule, estimator_options, repeat_batch
+from apd.objective import (
+    PRIOR_GRADIENTS, apd_loss, apd_terms, data_weight_schedule, estimator_options, forward_kl_loss, repeat_batch,
+)
 from apd.operators import Matrix, OperatorFamily, broadcast_operator
 from apd.optim import apply_gradients, init_train_state, make_optimizer
 from apd.priors import GaussianMixturePrior
@@ -78,10 +80,12 @@ def make_problem(noise_std: float, seed: int):
 
 
 def train_apd(prior, op, args):
-    """(flow, EMA parameters, wall seconds) after args.steps APD steps on fresh prior draws measured by op."""
+    """(flow, EMA parameters, wall seconds) after args.forward_kl_steps steps of maximum likelihood on simulated
+    pairs (prior draws, measured by op), then args.steps APD steps on fresh prior draws measured by op."""
     ops = broadcast_operator(op, args.batch)
     flow = ConditionalRealNVP((DIM, 1), num_couplings=args.couplings, width=args.width, depth=2)
-    schedule = dict(lr=args.lr, warmup_steps=200, grad_clip=1.0, cosine_decay=True, num_steps=args.steps)
+    total = args.forward_kl_steps + args.steps
+    schedule = dict(lr=args.lr, warmup_steps=200, grad_clip=1.0, cosine_decay=True, num_steps=total)
     tx = make_optimizer(ConfigDict(schedule))
     params = flow.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, DIM, 1)), jnp.zeros((1, ROWS)))["params"]
     state = init_train_state(params, tx, split_key(args.seed, "train"))
@@ -91,16 +95,21 @@ def train_apd(prior, op, args):
         rng, kx, ky, kl = jax.random.split(state["rng"], 4)
         x = prior.sample(kx, args.batch)
         y = jax.vmap(lambda o, k, xx: o.measure(k, xx))(ops, jax.random.split(ky, args.batch), x)
-        weight = data_weight_schedule(state["step"], args.anneal_steps)
+        weight = data_weight_schedule(state["step"] - args.forward_kl_steps, args.anneal_steps)
 
         def loss_fn(p):
-            return apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z, **estimator_options(args)), weight)
+            return jax.lax.cond(
+                state["step"] < args.forward_kl_steps,
+                lambda: forward_kl_loss(flow, p, ops, y, x),
+                lambda: apd_loss(apd_terms(flow, p, prior, ops, y, kl, num_z=args.num_z, **estimator_options(args)),
+                                 weight),
+            )
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         return apply_gradients(state, grads, tx, 0.999, rng), loss
 
     start = time.perf_counter()
-    for _ in tqdm(range(args.steps), desc="APD flow"):
+    for _ in tqdm(range(total), desc="APD flow"):
         state, loss = step(state)
     jax.block_until_ready(loss)
     return flow, state["ema_params"], time.perf_counter() - start
@@ -172,9 +181,11 @@ def apd_notes(methods: dict, major_components: float) -> list[str]:
     notes.append(f"APD drops on average {apd['dropped']['mean']:.2f} of the {major_components:.2f} components "
                  "with > 5% exact posterior mass")
     notes.append(f"APD's mean component masses {apd['mean_component_mass']} (exact weights: see problem)")
-    notes.append("RED-diff returns one optimised point per run: its K runs spread only through the optimiser's "
-                 "noise, not through a model of the posterior")
-    notes.append("MCG projects onto A x = y (noisy y): the measurement noise is copied into every sample")
+    if "reddiff" in methods:
+        notes.append("RED-diff returns one optimised point per run: its K runs spread only through the optimiser's "
+                     "noise, not through a model of the posterior")
+    if "mcg" in methods:
+        notes.append("MCG projects onto A x = y (noisy y): the measurement noise is copied into every sample")
     return notes
 
 
@@ -205,6 +216,9 @@ def main():
     parser.add_argument("--score_time", type=float, default=0.01, help="with --prior_gradient score")
     parser.add_argument("--path_gradient", action="store_true", help="entropy gradient through x only")
     parser.add_argument("--anneal_steps", type=int, default=0, help="data weight ramp 0 -> 1 over these steps")
+    parser.add_argument("--forward_kl_steps", type=int, default=0,
+                        help="maximum-likelihood steps on simulated (prior sample, y) pairs before the APD steps")
+    parser.add_argument("--baselines", default=",".join(BASELINE_SETTINGS), help="comma-separated, or 'none'")
     parser.add_argument("--couplings", type=int, default=8)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--num_test", type=int, default=20)
@@ -212,6 +226,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/results/mixture_posterior.json")
     args = parser.parse_args()
+    names = [] if args.baselines == "none" else args.baselines.split(",")
+    unknown = sorted(set(names) - set(BASELINE_SETTINGS))
+    if unknown:
+        raise SystemExit(f"unknown baselines {unknown}; known: {sorted(BASELINE_SETTINGS)}")
 
     prior, op = make_problem(args.noise_std, args.seed)
     x_true = prior.sample(split_key(args.seed, "test/x"), args.num_test)
@@ -224,8 +242,9 @@ def main():
     samples, log_q, seconds = apd_samples(flow, params, mset, args.samples, split_key(args.seed, "eval/apd"))
     runs = {"apd": (samples, 1, seconds / args.num_test)}
     apd_kl = [np.mean(lq - np.asarray(p.log_prob(jnp.asarray(x)))) for x, lq, p in zip(samples, log_q, posteriors)]
-    for name, settings in tqdm(BASELINE_SETTINGS.items(), desc="baselines"):
-        run = run_baseline(name, prior, mset, args.samples, settings, split_key(args.seed, f"eval/{name}"))
+    for name in tqdm(names, desc="baselines"):
+        key = split_key(args.seed, f"eval/{name}")
+        run = run_baseline(name, prior, mset, args.samples, BASELINE_SETTINGS[name], key)
         runs[name] = (run.samples, run.nfe, run.seconds[args.samples])
 
     floor = scores(exact_again, exact, posteriors, weights)
@@ -260,11 +279,12 @@ def main():
         },
         "settings": {
             "steps": args.steps, "batch": args.batch, "num_z": args.num_z, "lr": args.lr,
-            "anneal_steps": args.anneal_steps, "estimator": estimator_options(args),
+            "anneal_steps": args.anneal_steps, "forward_kl_steps": args.forward_kl_steps,
+            "estimator": estimator_options(args),
             "flow": {"couplings": args.couplings, "width": args.width, "depth": 2},
             "num_test": args.num_test, "samples": args.samples, "seed": args.seed,
             "sw_directions": NUM_DIRECTIONS, "bootstrap": "percentile, 2000 resamples of the measurements",
-            "baselines": BASELINE_SETTINGS,
+            "baselines": {name: BASELINE_SETTINGS[name] for name in names},
         },
         "train_seconds": round(train_seconds, 1),
         "noise_floor": {"sw": summary(floor["sw"]), "tv": summary(floor["tv"]), "dropped": summary(floor["dropped"])},
