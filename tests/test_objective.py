@@ -9,7 +9,7 @@ import pytest
 
 from apd.eval.metrics import coverage
 from apd.flows import ConditionalRealNVP, condition_of, normal_log_prob
-from apd.objective import apd_loss, apd_terms, data_weight_schedule, kl_plus_evidence
+from apd.objective import apd_loss, apd_terms, data_weight_schedule, forward_kl_loss, kl_plus_evidence
 from apd.operators import Denoise, Inpaint, broadcast_operator
 from apd.priors import GaussianPrior
 
@@ -93,6 +93,19 @@ def test_score_gradient_agrees_with_the_elbo_gradient_in_expectation():
     g_score, g_elbo = np.asarray(score["out_shift"]).ravel(), np.asarray(elbo_["out_shift"]).ravel()
     assert np.linalg.norm(g_score) > 5.0
     np.testing.assert_allclose(g_score, g_elbo, rtol=0.05, atol=0.5)
+
+
+def test_forward_kl_loss_is_the_posterior_entropy_at_the_exact_posterior():
+    # x drawn from the exact posterior of y: -E log q(x|y) with q = p(.|y) is its entropy, sum 0.5 log(2 pi e v).
+    prior, flow, params, op, y = _exact_posterior_flow()
+    var = np.asarray(jnp.diag(prior.cov))
+    post_var = 1 / (1 / var + 1 / S**2)
+    post_mean = post_var * (0.5 / var + np.asarray(y).ravel() / S**2)
+    n = 20_000
+    x = post_mean + np.sqrt(post_var) * np.random.RandomState(0).randn(n, D)
+    ops = broadcast_operator(Denoise(S, (D, 1)), n)
+    value = float(forward_kl_loss(flow, params, ops, jnp.repeat(y, n, axis=0), jnp.asarray(x, jnp.float32)[..., None]))
+    assert value == pytest.approx(0.5 * np.sum(np.log(2 * math.pi * math.e * post_var)), abs=0.03)
 
 
 def test_unknown_prior_gradient_is_refused():
