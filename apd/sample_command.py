@@ -1,6 +1,7 @@
 """The sampling command (`sample.py`, console script `apd-sample`): posterior samples for a file of measurements.
 
     python sample.py --workdir runs/digits_denoise --measurements y.npz [--num_samples 128] [--out DIR] [--summary]
+    python sample.py --workdir runs/digits_denoise --measurements y.npz --refine_steps 100 [--refine_lr 1e-4]
 
 Reads y (N,*M) from .npy, or from .npz as the array `y` with per-measurement masks as `mask` (N,*S) where the
 task has masks (NaN in y marks entries not measured; `apd.measurement_files`), checks them against the
@@ -11,8 +12,11 @@ writes to --out (default <workdir>/samples):
   figures/measurement_<i>.png   y (shown in signal space), the first samples, mean and std of measurement i,
                  as an image grid, mesh render or lat-lon map (the first --max_figures measurements)
 Measurement i's samples come from fold_in(PRNGKey(--seed), i) alone: the same seed gives the same samples
-whatever --batch_size. Every problem with the inputs stops the command with one line and exit status 1 before
-anything is written.
+whatever --batch_size. With --refine_steps N > 0 the flow is first refined on each measurement by N Adam steps
+of its training objective (`apd.refine`, with the prior in <workdir>/prior: N * 64 * 2 * elbo_draws score
+evaluations per measurement, each with a backward pass), and its samples come from its refined flow (measurements
+refined in calls of apd.refine.per_call() at most). Every problem with the inputs stops the command with one line
+and exit status 1 before anything is written.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from apd.refine import LR
 
 config_flags.DEFINE_config_file("config", None, "Optional task config (configs/<task>.py): its operator must "
                                 "equal the one the sampler was trained for.")
@@ -35,6 +41,9 @@ flags.DEFINE_bool("summary", False, "Write only mean, std and quantiles (summary
 flags.DEFINE_integer("max_figures", 16, "Figures for the first this many measurements (0: none).")
 flags.DEFINE_integer("step", None, "Flow checkpoint to use (default: the latest).")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/samples).")
+flags.DEFINE_integer("refine_steps", 0, "Refine the flow on each measurement by this many steps of its objective "
+                     "before sampling (0: off; semi-amortized inference, apd.refine).")
+flags.DEFINE_float("refine_lr", LR, "Adam learning rate of the refinement.")
 FLAGS = flags.FLAGS
 
 QUANTILE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -73,11 +82,13 @@ def figure_geometry(workdir: str, config, signal_shape):
 
 
 def sample_file(workdir, measurements, *, num_samples=128, out=None, summary=False, batch_size=0, seed=0,
-                mask_file=None, max_figures=16, step=None, operator=None, log=print) -> dict[str, str]:
+                mask_file=None, max_figures=16, step=None, operator=None, refine_steps=0, refine_lr=LR,
+                log=print) -> dict[str, str]:
     """Sample the posterior of every measurement in the file; returns {name: path} of the files written.
 
-    operator: optional operator settings (dict) that must equal the trained ones. Raises ValueError or
-    FileNotFoundError (one line) before writing anything when an input is wrong.
+    operator: optional operator settings (dict) that must equal the trained ones. refine_steps, refine_lr: the
+    flow refined on each measurement first (`Sampler.refine_each`, measurement i with fold_in(key_i, 1); 0: off).
+    Raises ValueError or FileNotFoundError (one line) before writing anything when an input is wrong.
     """
     import jax
     import jax.numpy as jnp
@@ -86,11 +97,14 @@ def sample_file(workdir, measurements, *, num_samples=128, out=None, summary=Fal
 
     from apd.eval.figures import save_dataset_figure
     from apd.measurement_files import prepare_measurements, read_measurement_file, split_batches, take
+    from apd import refine
     from apd.operators import read_mask_file
     from apd.sampler import load_sampler
+    from apd.training.prior import load_prior
 
     if num_samples < 1:
         raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
+    refine.check(refine_steps, refine_lr)
     sampler = load_sampler(workdir, step)
     trained = sampler.config.operator.to_dict()
     if operator is not None:
@@ -103,8 +117,11 @@ def sample_file(workdir, measurements, *, num_samples=128, out=None, summary=Fal
     reference = sampler.family.draw(jax.random.PRNGKey(0))
     y, ops = prepare_measurements(y, mask, reference, f"operator {trained.get('name')!r}",
                                   blind=trained.get("name") == "inpaint_blind")
+    prior = load_prior(workdir) if refine_steps else None
     n, shape = y.shape[0], sampler.signal_shape
     per_call = batch_size or max(1, FLOATS_PER_CALL // (num_samples * int(np.prod(shape))))
+    if refine_steps:
+        per_call = min(per_call, refine.per_call())
     geometry = figure_geometry(workdir, sampler.config, shape) if max_figures > 0 else None
 
     out = out or os.path.join(workdir, "samples")
@@ -114,10 +131,14 @@ def sample_file(workdir, measurements, *, num_samples=128, out=None, summary=Fal
     parts = {name: [] for name in (("mean", "std", "quantiles") if summary else ("samples",))}
     shown_samples = []
     levels = jnp.asarray(QUANTILE_LEVELS)
-    with tqdm(total=n, desc=f"sampling {n} measurements x {num_samples}", unit="y") as bar:
+    refined = f", each refined {refine_steps} steps" if refine_steps else ""
+    with tqdm(total=n, desc=f"sampling {n} measurements x {num_samples}{refined}", unit="y") as bar:
         for rows in split_batches(n, per_call):
+            params = None
+            if refine_steps:
+                params = sampler.refine_each(prior, y[rows], keys[rows], take(ops, rows), refine_steps, refine_lr)
             x = sampler.sample_each(y[rows], num_samples, keys[rows],
-                                    None if operator_arg is None else take(operator_arg, rows))
+                                    None if operator_arg is None else take(operator_arg, rows), params=params)
             if summary:
                 parts["mean"].append(np.asarray(jnp.mean(x, axis=1)))
                 parts["std"].append(np.asarray(jnp.std(x, axis=1)))
@@ -169,6 +190,7 @@ def main(argv):
             FLAGS.workdir, FLAGS.measurements, num_samples=FLAGS.num_samples, out=FLAGS.out, summary=FLAGS.summary,
             batch_size=FLAGS.batch_size, seed=FLAGS.seed, mask_file=FLAGS.mask, max_figures=FLAGS.max_figures,
             step=FLAGS.step, operator=None if FLAGS.config is None else FLAGS.config.operator.to_dict(),
+            refine_steps=FLAGS.refine_steps, refine_lr=FLAGS.refine_lr,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

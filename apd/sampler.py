@@ -5,6 +5,10 @@
     x = sampler.sample(ys, num_samples=128, key=key)                       # (N, 128, *S) for ys (N, *M)
 
 All samples of all measurements are one batched flow call, compiled once per (N, num_samples).
+Semi-amortized (`apd.refine`): the flow refined on each measurement for a few steps of its objective first,
+
+    params = sampler.refine_each(prior, ys, keys, operators, num_steps=100)         # leaves (N, ...)
+    x = sampler.sample_each(ys, 128, keys, params=params)                          # (N, 128, *S)
 """
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from apd import flows
+from apd import flows, refine
 from apd.measurement_files import accepted_range
-from apd.objective import repeat_batch
+from apd.objective import estimator_options, repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 
 
@@ -44,11 +48,17 @@ class Sampler:
         self.needs_operator = bool(getattr(self._reference_op, "show_mask", False))
         self._draw = jax.jit(self._draw_samples, static_argnums=(3,))
         self._draw_each = jax.jit(jax.vmap(self._draw_one, in_axes=(None, 0, 0, None)), static_argnums=(3,))
+        self._draw_each_own = jax.jit(jax.vmap(self._draw_one, in_axes=(0, 0, 0, None)), static_argnums=(3,))
         self.y_range = accepted_range(self._reference_op)  # None when the operator's range is unknown
 
     @property
     def signal_shape(self) -> tuple[int, ...]:
         return tuple(self.family.signal_shape)
+
+    @property
+    def estimator(self) -> dict:
+        """The estimator keywords of the objective the flow was trained with (`apd.objective.estimator_options`)."""
+        return estimator_options(self.config.flow.training)
 
     @property
     def measurement_shape(self) -> tuple[int, ...]:
@@ -79,6 +89,13 @@ class Sampler:
                 stacklevel=3,
             )
         return (y[None] if single else y), single
+
+    def _check_each(self, y, keys, name: str) -> jax.Array:
+        """y (N,*M) checked, with one key per measurement."""
+        y, single = self._check(y)
+        if single or keys.shape[0] != y.shape[0]:
+            raise ValueError(f"{name} needs y (N, *M) and N keys, got y {tuple(y.shape)} and keys {keys.shape}")
+        return y
 
     def condition(self, y: jax.Array, operator=None) -> flows.FlowCondition:
         """The flow's condition for measurements y (N,*M).
@@ -113,18 +130,34 @@ class Sampler:
         x = self._draw(self.params, self.condition(y, operator), key, int(num_samples))
         return x[0] if single else x
 
-    def sample_each(self, y, num_samples: int, keys: jax.Array, operator=None) -> jax.Array:
+    def sample_each(self, y, num_samples: int, keys: jax.Array, operator=None, params=None) -> jax.Array:
         """Posterior samples (N, num_samples, *S) for y (N,*M), measurement i's drawn with keys[i] (keys (N, 2))
         alone: the same key gives the same samples whichever measurements share the call.
 
         operator: as in `sample`, a batch of N operators where the flow is told each measurement's mask.
+        params: None (the trained flow), or parameters per measurement (every leaf with a leading axis N, from
+        `refine_each`).
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        y, single = self._check(y)
-        if single or keys.shape[0] != y.shape[0]:
-            raise ValueError(f"sample_each needs y (N, *M) and N keys, got y {tuple(y.shape)} and keys {keys.shape}")
-        return self._draw_each(self.params, self.condition(y, operator), keys, int(num_samples))
+        y = self._check_each(y, keys, "sample_each")
+        cond = self.condition(y, operator)
+        if params is None:
+            return self._draw_each(self.params, cond, keys, int(num_samples))
+        return self._draw_each_own(params, cond, keys, int(num_samples))
+
+    def refine_each(self, prior, y, keys: jax.Array, operator, num_steps: int, lr: float = refine.LR,
+                    batch_size: int = refine.BATCH_SIZE):
+        """The flow's parameters refined on each measurement y (N,*M) (`apd.refine.refine_each`, with the estimator
+        of the flow's training): every leaf with a leading axis N, for `sample_each(..., params=)`.
+
+        Measurement i is refined with fold_in(keys[i], 1), so the same keys (N, 2) then draw its samples.
+        operator: the N operators of y (leading axis N; the likelihood needs each one's mask where it has one).
+        """
+        y = self._check_each(y, keys, "refine_each")
+        refine_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 1)
+        return refine.refine_each(self.flow, self.params, prior, operator, y, refine_keys, num_steps, lr=lr,
+                                  batch_size=batch_size, **self.estimator)
 
     def posterior_mean_and_std(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None):
         """Mean and std over num_samples posterior samples, each shaped like the samples without their axis."""

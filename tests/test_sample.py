@@ -2,6 +2,7 @@
 the whole loop (train, evaluate writes its measurements, sample.py on them: files, figures, shapes, the same key
 giving the same samples), a flow trained on a measurement file with the clean signals withheld, and bad files
 refused with one line, exit status 1 and nothing written."""
+import argparse
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 
 from apd.data import load_dataset
 from apd.data.base import SignalsWithheld
-from apd.eval.report import write_outputs
+from apd.eval.report import markdown_table, write_outputs
 from apd.evaluation import run_evaluation
 from apd.measurement_files import prepare_measurements, read_measurement_file
 from apd.measurements import measure, split_key
@@ -117,6 +118,53 @@ def test_whole_loop_train_measure_sample(denoise_run, tmp_path):
         np.testing.assert_allclose(f["quantiles"][:, 2], np.median(samples, axis=1), atol=1e-5)
     with open(os.path.join(workdir, "flow", "config.json")) as f:
         assert json.load(f)["flow"]["training"]["measurements"] is None
+
+
+def test_refined_sampling_evaluation_and_curve(denoise_run, tmp_path, capsys):
+    """--refine_steps: each measurement's flow refined before sampling (apd.refine); the same seed gives the same
+    samples whatever --batch_size; evaluate's 'apd_refined' row and benchmarks/refine_curve.py on the tiny run."""
+    workdir, measurements = denoise_run
+    common = dict(num_samples=K, seed=3, max_figures=0, log=lambda m: None)
+
+    def samples(name, **options):
+        paths = sample_file(workdir, measurements, out=str(tmp_path / name), **common, **options)
+        return np.load(paths["samples.npz"])["samples"]
+
+    plain = samples("plain")
+    refined = samples("refined", refine_steps=5, refine_lr=1e-2)
+    again = samples("again", refine_steps=5, refine_lr=1e-2, batch_size=1)
+    assert refined.shape == plain.shape == (N, K) + SHAPE
+    assert np.abs(refined - plain).max() > 1e-2
+    np.testing.assert_allclose(again, refined, atol=1e-5)
+    for flag, message in [("--refine_steps=-1", "refinement steps must be a whole number >= 0, got -1"),
+                          ("--refine_lr=0", "refinement learning rate must be positive, got 0.0")]:
+        out = tmp_path / "bad"
+        code, stderr = _sample_main(capsys, f"--workdir={workdir}", f"--measurements={measurements}", f"--out={out}",
+                                    "--refine_steps=2", flag)
+        assert code == 1 and stderr.strip() == f"error: {message}" and not out.exists(), stderr
+
+    results = run_evaluation(_config(), workdir, num_measurements=N, num_samples=4, baseline_samples=2,
+                             with_start=False, refine_steps=2, refine_lr=1e-3, log=lambda m: None)
+    rows = [row for row in results["sets"]["test"]["rows"] if row["method"] == "apd_refined"]
+    assert [row["samples"] for row in rows] == [1, 2, 4]
+    assert all(row["refine_steps"] == 2 and row["nfe"] == 2 * 64 * 2 and row["time_s"] > 0 for row in rows)
+    assert "| APD refined (2 steps, x1) |" in markdown_table(rows)
+    with pytest.raises(ValueError, match="refinement steps must be a whole number >= 0"):
+        run_evaluation(_config(), workdir, refine_steps=-3)
+
+    from benchmarks.refine_curve import check_args, run
+
+    args = argparse.Namespace(config=os.path.join(REPO, "configs", "digits_denoise.py"), workdir=workdir, split="test",
+                              num_measurements=2, samples=3, steps="2,0", lr=1e-2, out=str(tmp_path / "curve.json"))
+    run(args, check_args(args))
+    with open(tmp_path / "curve.json") as f:
+        curve = json.load(f)["rows"]
+    assert [row["steps"] for row in curve] == [0, 2] and [row["nfe"] for row in curve] == [0, 2 * 64 * 2]
+    assert curve[0]["psnr_x1"] != curve[1]["psnr_x1"] and all(np.isfinite(row["psnr_x3"]) for row in curve)
+    for steps, lr, message in [("0,-5", 1e-3, "refinement steps must be"), ("0,a", 1e-3, "--steps must be"),
+                               ("10", -1.0, "refinement learning rate must be positive")]:
+        with pytest.raises(ValueError, match=message):
+            check_args(argparse.Namespace(**{**vars(args), "steps": steps, "lr": lr}))
 
 
 @pytest.mark.parametrize(
@@ -249,8 +297,10 @@ def test_prepare_measurements_rules():
     with pytest.raises(ValueError, match="a mask was given, but the task's operator has no mask"):
         prepare_measurements(np.zeros((8, 1)), np.ones((8, 1)), Denoise(0.1, (8, 1)))
     blind = Inpaint(np.ones((8, 1)), 0.1)
-    out, _ = prepare_measurements(y, None, blind, blind=True)  # any mask: the flow is not told it
+    out, ops = prepare_measurements(y, None, blind, blind=True)  # any mask: the flow is not told it
     np.testing.assert_array_equal(np.asarray(out)[:, 1::2], 0.0)
+    np.testing.assert_array_equal(np.asarray(ops.mask), np.isfinite(y))  # the given masks, for a likelihood
+    assert not ops.show_mask
 
 
 def test_geometry_round_trip_draws_a_sphere_figure(tmp_path):

@@ -6,10 +6,11 @@ For ONE fixed measurement y a RealNVP x = G_phi(z), z ~ N(0, I), is trained by A
     L(phi) = mean_b [ lambda_data(k) (-log p(y | x_b)) - ELBO(x_b) - log|det dG_phi/dz (z_b)| ],   x_b = G_phi(z_b)
 
 which is `apd.objective.apd_terms` / `apd_loss` (the amortized flow's objective, the same ELBO) with one
-measurement and num_z = batch_size. -log p(y|x) = ||y - A x||^2 / (2 s^2) + a constant that does not move
-the gradient. The flow is `ConditionalRealNVP` given the CONSTANT condition c = flows.condition_of(A, y): a fixed
-input to the coupling MLPs only shifts their first-layer biases, and the estimate pinv(y) a constant added at the
-output (gain 1 at the start, learned), so the flow is unconditional in effect.
+measurement and num_z = batch_size, run by `apd.refine.fit_measurement` (which also refines the amortized flow
+on one measurement). -log p(y|x) = ||y - A x||^2 / (2 s^2) + a constant that does not move the gradient. The
+flow is `ConditionalRealNVP` given the CONSTANT condition c = flows.condition_of(A, y): a fixed input to the
+coupling MLPs only shifts their first-layer biases, and the estimate pinv(y) a constant added at the output
+(gain 1 at the start, learned), so the flow is unconditional in effect.
 
 Data-weight annealing (official `train_dpi.py`: 1/(1 + exp(-0.002 (k - 12000))) over 20,000 steps) is
 rescaled to num_steps: centre 0.6 num_steps, slope 0.002 * 20000 / num_steps, so the weight goes from
@@ -32,13 +33,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from apd import flows
 from apd.baselines import common
 from apd.flows import ConditionalRealNVP
-from apd.objective import apd_loss, apd_terms
 from apd.optim import make_optimizer
+from apd.refine import fit_measurement, score_evaluations
 
 _OFFICIAL_STEPS = 20_000  # train_dpi.py: n_iter, anneal centre 12,000 and slope 0.002 refer to it
 
@@ -88,7 +88,7 @@ class Settings:
     @property
     def nfe(self) -> int:
         """Score evaluations of one training: num_steps * batch_size * 2 * elbo_draws (see `solve`)."""
-        return self.num_steps * self.batch_size * 2 * self.elbo_draws
+        return score_evaluations(self.num_steps, self.batch_size, self.elbo_draws)
 
 
 class FlowFit(NamedTuple):
@@ -163,31 +163,16 @@ def _fit(prior, operator, y, key, lr, flow, settings):
     tx = make_optimizer(
         ml_collections.ConfigDict(dict(lr=lr, warmup_steps=settings.warmup_steps, grad_clip=settings.grad_clip))
     )
-    steps = jnp.arange(settings.num_steps)
 
     def one(op, y_i, key_i):
         init_key, train_key = jax.random.split(key_i)
-        op_1, y_1 = jax.tree.map(lambda a: a[None], (op, y_i))  # apd_terms takes a batch of measurements
         cond = flows.condition_of(op, y_i)
         cond_1 = jax.tree.map(lambda a: a[None], cond)
         params = flow.init(init_key, jnp.zeros((1,) + tuple(flow.signal_shape)), cond_1)["params"]
-
-        def loss_fn(params, weight, step_key):
-            terms = apd_terms(
-                flow, params, prior, op_1, y_1, step_key, num_z=settings.batch_size, elbo_draws=settings.elbo_draws
-            )
-            return apd_loss(terms, weight)
-
-        def step(carry, inputs):
-            params, opt_state = carry
-            k, step_key = inputs
-            weight = data_weight(k, settings.num_steps, settings.anneal)
-            loss, grads = jax.value_and_grad(loss_fn)(params, weight, step_key)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        keys = jax.random.split(train_key, settings.num_steps)
-        (params, _), loss = jax.lax.scan(step, (params, tx.init(params)), (steps, keys))
+        params, loss = fit_measurement(
+            flow, params, tx, prior, op, y_i, train_key, settings.num_steps, settings.batch_size,
+            data_weight=lambda k: data_weight(k, settings.num_steps, settings.anneal), elbo_draws=settings.elbo_draws,
+        )
         return params, cond, loss
 
     return common.map_measurements(one, operator, y, key)

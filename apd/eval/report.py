@@ -23,6 +23,7 @@ from apd.measurement_files import write_measurement_file
 DISPLAY_NAMES = {
     "apd": "APD",
     "apd_start": "APD start",
+    "apd_refined": "APD refined",
     "dps": "DPS",
     "mcg": "MCG",
     "pigdm": "PiGDM",
@@ -51,7 +52,9 @@ COLUMNS = (  # (row key, markdown header, number format)
     ("time_128_s", "time / 128 (s)", "{:.3g}"),
 )
 LEGEND = (
-    "x1: the first sample; xK: the mean of K samples. APD start: the flow before training (its output fit only). PSNR, SSIM, MSE, LPIPS: means over measurements of the "
+    "x1: the first sample; xK: the mean of K samples. APD start: the flow before training (its output fit only). "
+    "APD refined: the trained flow refined on each measurement by a few steps of its objective before sampling (its NFE: "
+    "the refinement's score evaluations). PSNR, SSIM, MSE, LPIPS: means over measurements of the "
     "estimate clipped to [0, 1], with a 95% bootstrap interval over measurements in brackets. std: posterior std, mean over entries. cov p%: fraction of truth entries inside "
     "the central p% interval of the samples (p/100 when calibrated); cal. err: mean |coverage - level| over "
     "levels 5%, ..., 95%; obs. / hidden: the same over observed / hidden entries only. NFE: sequential network evaluations, each batched over all samples. Times: wall "
@@ -62,7 +65,9 @@ IN_MEMORY = ("dataset", "signals", "measurements")  # set entries that stay out 
 
 
 def method_label(row: dict) -> str:
-    return f"{DISPLAY_NAMES.get(row['method'], row['method'])} (x{row['samples']})"
+    """'APD (x1)'; a refined row also names its steps: 'APD refined (100 steps, x1)'."""
+    steps = f"{row['refine_steps']} steps, " if "refine_steps" in row else ""
+    return f"{DISPLAY_NAMES.get(row['method'], row['method'])} ({steps}x{row['samples']})"
 
 
 def present_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
