@@ -404,3 +404,17 @@ def test_masks_and_kernels_from_files(tmp_path):
     with pytest.raises(ValueError, match="the 2-D kernel must be separable \\(rank 1\\), its second singular value is 1 "):
         make_operator_family(ConfigDict(dict(name="deblur", noise_std=0.1, kernel_file=str(tmp_path / "box.npy"))),
                              IMAGE)
+
+
+def test_blind_training_from_a_file_keeps_each_measurements_mask(tmp_path):
+    # The blind flow is not told the masks, but its likelihood needs each measurement's own (NaN in y marks them).
+    from apd.training.flow import measurement_training_set
+
+    config = ml_collections.ConfigDict(dict(operator=_cfg(name="inpaint_blind", hidden_min=0.3, hidden_max=0.6)))
+    fam = make_operator_family(config.operator, VERTEX)
+    y = np.full((3,) + VERTEX, 0.5, np.float32)
+    y[0, :2], y[1, 5:9], y[2, 10] = np.nan, np.nan, np.nan
+    np.save(tmp_path / "y.npy", y)
+    values, ops, _ = measurement_training_set(config, fam, str(tmp_path / "y.npy"))
+    np.testing.assert_array_equal(np.asarray(ops.mask)[..., 0], ~np.isnan(y[..., 0]))
+    assert not np.isnan(values).any()

@@ -167,9 +167,10 @@ def measurement_training_set(config, family: OperatorFamily, path: str):
     measurement file for the task of config; one-line ValueError for a file that does not fit the task."""
     reference = family.draw(jax.random.PRNGKey(0))
     y, mask = read_measurement_file(path)
-    y, ops = prepare_measurements(y, mask, reference, f"operator {config.operator.name!r}",
-                                  blind=config.operator.name == "inpaint_blind")
-    return np.asarray(y), (ops if getattr(reference, "show_mask", False) else None), reference
+    blind = config.operator.name == "inpaint_blind"
+    y, ops = prepare_measurements(y, mask, reference, f"operator {config.operator.name!r}", blind=blind)
+    per_measurement = blind or getattr(reference, "show_mask", False)  # blind: the likelihood needs each own mask
+    return np.asarray(y), (ops if per_measurement else None), reference
 
 
 def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key):
