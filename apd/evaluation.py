@@ -414,8 +414,9 @@ def _baseline_settings(config, name: str) -> dict:
 
 
 def generalization_gap(config, dataset, sampler, held_out_rows, num, counts, key) -> dict | None:
-    """{'x<k>': {'train_psnr', 'held_out_psnr', 'gap_db'}} for APD's rows; None without a sampler."""
-    if sampler is None or len(dataset.train) == 0:
+    """{'x<k>': {'train_psnr', 'held_out_psnr', 'gap_db'}} for APD's rows; None without a sampler, and for a flow
+    trained on a measurement file (it never saw the training split's measurements)."""
+    if sampler is None or len(dataset.train) == 0 or sampler.config.flow.training.get("measurements"):
         return None
     train_set = measurement_set(config, dataset, "train", num)
     run = run_apd(sampler, train_set, counts, key)
