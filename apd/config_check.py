@@ -145,6 +145,14 @@ def _flow_problems(flow) -> list[str]:
     prior_signals = training.get("prior_signals", 0)
     if not isinstance(prior_signals, int) or prior_signals < 0:
         problems.append(f"flow.training.prior_signals must be a whole number >= 0, got {prior_signals!r}")
+    warm = training.get("forward_kl_steps", 0)
+    if not isinstance(warm, int) or warm < 0:
+        problems.append(f"flow.training.forward_kl_steps must be a whole number >= 0, got {warm!r}")
+    elif warm and (not isinstance(prior_signals, int) or prior_signals <= 0 or training.get("measurements")):
+        problems.append("flow.training.forward_kl_steps draws its pairs from prior samples: set "
+                        "flow.training.prior_signals > 0 (training on clean signals, not a measurement file)")
+    elif warm and isinstance(training.get("num_steps"), int) and warm >= training.num_steps:
+        problems.append(f"flow.training.forward_kl_steps {warm} must be below num_steps {training.num_steps}")
     gradient = training.get("prior_gradient", "elbo")
     if gradient not in PRIOR_GRADIENTS:
         problems.append(f"flow.training.prior_gradient must be one of {PRIOR_GRADIENTS}, got {gradient!r}")

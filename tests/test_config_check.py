@@ -39,6 +39,9 @@ def test_shipped_configs_pass(name):
         (("data", "max_train"), 0, "data.max_train must be a positive integer, got 0"),
         (("data", "source"), "tfds", "data.source is not an option of digits; options: path, max_train, max_eval"),
         (("flow", "training", "measurements"), "/no/y.npz", "flow.training.measurements /no/y.npz does not exist"),
+        (("flow", "training", "forward_kl_steps"), 100, "flow.training.forward_kl_steps draws its pairs from prior"),
+        (("flow", "training", "prior_gradient"), "tweedie", "flow.training.prior_gradient must be one of"),
+        (("flow", "training", "score_time"), 0.0, "flow.training.score_time must be in (0, 1]"),
     ],
 )
 def test_each_bad_setting_is_named(path, value, problem):

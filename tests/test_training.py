@@ -309,3 +309,36 @@ def test_prior_training_signals_are_drawn_once_and_kept(tmp_path):
     assert len(np.unique(signals[:, 0])) == 600  # the chunks use different keys
     np.save(path, signals + 1.0)  # a resumed run reads the file instead of sampling again
     np.testing.assert_array_equal(prior_training_signals(0, prior, 600, path), signals + 1.0)
+
+
+def test_forward_kl_warm_start_then_apd():
+    """forward_kl_steps = 2: the first two updates minimise -log q(x|y) (the loss equals forward_kl_loss at the
+    parameters of that step), the third is the APD loss, whose data-weight ramp starts after the warm start."""
+    from apd import flows
+    from apd.objective import apd_loss, apd_terms, forward_kl_loss
+    from apd.operators import Denoise, broadcast_operator
+    from apd.optim import init_train_state
+    from apd.training.flow import make_update
+
+    prior = GaussianPrior.create(np.full(4, 0.5), np.diag([0.01, 0.04, 0.09, 0.16]), signal_shape=(4, 1))
+    cfg = ml_collections.ConfigDict(dict(num_z=2, elbo_draws=1, ema_decay=0.9, anneal_steps=10, forward_kl_steps=2,
+                                         lr=1e-3, warmup_steps=0, grad_clip=1.0, cosine_decay=False, num_steps=3))
+    flow = flows.ConditionalRealNVP((4, 1), num_couplings=2, width=8)
+    ops = broadcast_operator(Denoise(0.2, (4, 1)), 8)
+    x = prior.sample(jax.random.PRNGKey(0), 8)
+    y = jax.vmap(lambda o, k, xx: o.measure(k, xx))(ops, jax.random.split(jax.random.PRNGKey(1), 8), x)
+    tx = make_optimizer(cfg)
+    params = flow.init(jax.random.PRNGKey(2), jnp.zeros((1, 4, 1)), jnp.zeros((1, 4, 1)))["params"]
+    state = init_train_state(params, tx, jax.random.PRNGKey(3))
+    update = jax.jit(make_update(flow, tx, cfg))
+    for step in range(3):
+        before = state["params"]
+        key = jax.random.split(state["rng"])[1]
+        state, metrics = update(state, prior, ops, y, x)
+        if step < 2:
+            expected = forward_kl_loss(flow, before, ops, y, x)
+            assert float(metrics["fidelity"]) == 0.0  # APD terms not computed in the warm start
+        else:
+            expected = apd_loss(apd_terms(flow, before, prior, ops, y, key, num_z=2), 0.0)  # ramp at 0 after it
+            assert float(metrics["data_weight"]) == 0.0
+        assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-4)

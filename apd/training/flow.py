@@ -30,7 +30,10 @@ from apd.eval.metrics import psnr
 from apd.data.base import save_geometry
 from apd.measurement_files import prepare_measurements, read_measurement_file, take
 from apd.measurements import measure, split_key
-from apd.objective import apd_loss, apd_terms, data_weight_schedule, estimator_options, kl_plus_evidence, repeat_batch
+from apd.objective import (
+    APDTerms, apd_loss, apd_terms, data_weight_schedule, estimator_options, forward_kl_loss, kl_plus_evidence,
+    repeat_batch,
+)
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
 from apd.training.checkpoint import Checkpointer, check_resume_config, load_config, record_config
@@ -105,23 +108,37 @@ def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, 
 
 
 def make_update(flow: nn.Module, tx, training_cfg):
-    """update(state, prior, ops, y (B,*M)) -> (state, metrics): one APD step on given measurements; pure, jit-able.
+    """update(state, prior, ops, y (B,*M), x=None) -> (state, metrics): one APD step on given measurements; pure,
+    jit-able.
 
     The prior is an argument (its parameters are traced, not baked into the compiled step); ops: B operators
-    (leading axis B).
+    (leading axis B). With training_cfg.forward_kl_steps = W > 0 and the signals x (B,*S) that y measures, the
+    first W steps minimise -log q(x|y) instead (`apd.objective.forward_kl_loss`; the batches of those steps hold
+    prior samples only) and the data-weight ramp starts after them.
     """
     num_z = int(training_cfg.num_z)
     decay, anneal = float(training_cfg.ema_decay), int(training_cfg.get("anneal_steps", 0))
     estimator = estimator_options(training_cfg)
     prior_key = "prior_surrogate" if estimator["prior_gradient"] == "score" else "prior_elbo"
+    warm = int(training_cfg.get("forward_kl_steps", 0))
 
-    def update(state, prior, ops, y):
+    def update(state, prior, ops, y, x=None):
         rng, key = jax.random.split(state["rng"])
-        weight = data_weight_schedule(state["step"], anneal)
+        weight = data_weight_schedule(state["step"] - warm, anneal)
 
         def loss_fn(params):
-            terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, **estimator)
-            return apd_loss(terms, weight), terms
+            def apd():
+                terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, **estimator)
+                return apd_loss(terms, weight), terms
+
+            if x is None or not warm:
+                return apd()
+
+            def maximum_likelihood():  # the APD terms are not computed in this phase: logged as 0
+                zeros = APDTerms(*([jnp.zeros(y.shape[0], jnp.float32)] * len(APDTerms._fields)))
+                return forward_kl_loss(flow, params, ops, y, x), zeros
+
+            return jax.lax.cond(state["step"] < warm, maximum_likelihood, apd)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         metrics = {
@@ -130,7 +147,7 @@ def make_update(flow: nn.Module, tx, training_cfg):
             prior_key: jnp.mean(terms.prior_elbo),
             "logdet": jnp.mean(terms.logdet),
             "data_weight": weight,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         finite = all_finite(loss, grads)
         metrics["skipped"] = jnp.logical_not(finite).astype(jnp.float32)  # such a step leaves the parameters alone
@@ -146,7 +163,7 @@ def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, m
 
     def step(state, prior, x, index):
         ops, y = measure(family, measurement_key, x, index)
-        return update(state, prior, ops, y)
+        return update(state, prior, ops, y, x)
 
     return step
 
@@ -271,8 +288,8 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR.
 
     flow.training.prior_signals = P > 0 appends P prior samples to the training signals (a training set the flow
-    cannot memorise); fresh_noise draws each step's measurements anew (index past every training index)
-    instead of one fixed y_i per training signal."""
+    cannot memorise; the forward_kl_steps warm start draws from them alone); fresh_noise draws each step's
+    measurements anew (index past every training index) instead of one fixed y_i per training signal."""
     tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
     eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
@@ -285,8 +302,14 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
         train = np.concatenate([train, prior_training_signals(config.seed, prior, num_prior, path)])
     fresh = bool(tcfg.get("fresh_noise", False))
 
+    warm = int(tcfg.get("forward_kl_steps", 0))
+
     def batch(step):
-        idx = batch_indices(train.shape[0], config.seed, 1, step, tcfg.batch_size)
+        if step < warm:  # maximum-likelihood warm start: prior samples only, never clean signals
+            first_prior = train.shape[0] - num_prior
+            idx = first_prior + batch_indices(num_prior, config.seed, 1, step, tcfg.batch_size)
+        else:
+            idx = batch_indices(train.shape[0], config.seed, 1, step, tcfg.batch_size)
         index = idx
         if fresh:
             first = train.shape[0] + step * tcfg.batch_size + jax.process_index() * len(idx)
