@@ -49,7 +49,7 @@ def _config():
     config.flow.model.update(dict(num_couplings=2, width=32, depth=1))
     config.flow.training.update(
         dict(num_steps=20, batch_size=8, num_z=1, warmup_steps=0, log_every=10, eval_every=10_000, ckpt_every=20,
-             eval_num_measurements=0)  # no validation pass: one compilation fewer
+             eval_num_measurements=0, prior_signals=64)  # no validation pass: one compilation fewer
     )
     config.baselines = ml_collections.ConfigDict({"ddrm": {"num_steps": 5}})
     return config

@@ -41,7 +41,7 @@ def _config():
     config.flow.model.update(dict(num_couplings=2, width=32, depth=1))
     config.flow.training.update(
         dict(num_steps=10, batch_size=8, num_z=1, warmup_steps=0, log_every=5, eval_every=10, ckpt_every=10,
-             eval_num_measurements=0)
+             eval_num_measurements=0, prior_signals=64)
     )
     return config
 
