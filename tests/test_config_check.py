@@ -39,7 +39,7 @@ def test_shipped_configs_pass(name):
         (("data", "max_train"), 0, "data.max_train must be a positive integer, got 0"),
         (("data", "source"), "tfds", "data.source is not an option of digits; options: path, max_train, max_eval"),
         (("flow", "training", "measurements"), "/no/y.npz", "flow.training.measurements /no/y.npz does not exist"),
-        (("flow", "training", "forward_kl_steps"), 100, "flow.training.forward_kl_steps draws its pairs from prior"),
+        (("flow", "training", "forward_kl_steps"), 4000, "flow.training.forward_kl_steps 4000 must be below num_steps"),
         (("flow", "training", "prior_gradient"), "tweedie", "flow.training.prior_gradient must be one of"),
         (("flow", "training", "score_time"), 0.0, "flow.training.score_time must be in (0, 1]"),
     ],
@@ -52,6 +52,14 @@ def test_each_bad_setting_is_named(path, value, problem):
     section[path[-1]] = value
     problems = config_problems(config)
     assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+def test_forward_kl_warm_start_needs_prior_samples():
+    config = digits_denoise.get_config()
+    config.flow.training.update(dict(prior_signals=0, forward_kl_steps=100))
+    assert config_problems(config) == [
+        "flow.training.forward_kl_steps draws its pairs from prior samples: set flow.training.prior_signals > 0 "
+        "(training on clean signals, not a measurement file)"]
 
 
 def test_inpainting_fractions_and_all_problems_at_once():
