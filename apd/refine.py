@@ -31,7 +31,7 @@ from apd.objective import apd_loss, apd_terms
 from apd.optim import make_optimizer
 from apd.priors.base import Prior
 
-LR = 1e-4  # Adam learning rate of the refinement: a cautious guess, not tuned (benchmarks/refine_curve.py --lr)
+LR = 1e-4  # Adam learning rate; on digits every lr from 1e-5 to 1e-3 lowered PSNR (docs/results/ablations.md)
 BATCH_SIZE = 64  # flow samples per refinement step
 GRAD_CLIP = 1.0  # global gradient-norm clip, as in the flow's training
 MAX_ROWS = 1024  # flow samples (measurements x batch_size) per refinement call: a bound on memory
