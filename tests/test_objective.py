@@ -20,32 +20,6 @@ B_ = RNG.randn(D, D) / 2
 PRIOR = GaussianPrior.create(0.5 + 0.1 * RNG.randn(D), 0.02 * B_ @ B_.T + 0.01 * np.eye(D), signal_shape=(D, 1))
 
 
-def test_value_at_the_exact_posterior_is_minus_log_evidence():
-    # A diagonal prior and denoising: the exact posterior N(g y + m, post_var) with g = post_var / s^2 is what the
-    # flow's output map (estimate y, gain g, shift m) holds exactly with zero couplings, for every y. Then KL = 0
-    # and log q - log p(y|x) - ELBO(x) averages to -log p(y).
-    var = np.array([0.02, 0.05, 0.01, 0.03])
-    prior = GaussianPrior.create(np.full(D, 0.5), np.diag(var), signal_shape=(D, 1))
-    y = np.array([0.6, 0.3, 0.45, 0.8])
-    post_var = 1 / (1 / var + 1 / S**2)
-    post_mean = post_var * (0.5 / var + y / S**2)
-    flow = ConditionalRealNVP((D, 1), num_couplings=2, width=8)
-    params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, D, 1)), jnp.zeros((1, D, 1)))["params"]
-    params = dict(
-        params,
-        estimate_gain=jnp.asarray(post_var / S**2, jnp.float32),
-        out_shift=jnp.asarray(post_var * 0.5 / var, jnp.float32),
-        out_log_scale=jnp.asarray(0.5 * np.log(post_var), jnp.float32),
-    )
-    assert np.allclose(post_var / S**2 * y + post_var * 0.5 / var, post_mean)
-    op = broadcast_operator(Denoise(S, (D, 1)), 1)
-    yb = jnp.asarray(y, jnp.float32).reshape(1, D, 1)
-    f = jax.jit(lambda k: kl_plus_evidence(apd_terms(flow, params, prior, op, yb, k, num_z=20_000, elbo_draws=1)))
-    values = np.array([float(f(jax.random.PRNGKey(i))[0]) for i in range(4)])
-    log_evidence = -0.5 * np.sum((y - 0.5) ** 2 / (var + S**2) + np.log(2 * math.pi * (var + S**2)))
-    assert values.mean() == pytest.approx(-log_evidence, abs=4 * values.std() / 2 + 0.02)
-
-
 def _exact_posterior_flow():
     """A diagonal Gaussian prior, denoising one y, and a flow whose output map holds the exact posterior."""
     var = np.array([0.02, 0.05, 0.01, 0.03])
@@ -62,6 +36,21 @@ def _exact_posterior_flow():
     op = broadcast_operator(Denoise(S, (D, 1)), 1)
     y = jnp.asarray([0.6, 0.3, 0.45, 0.8], jnp.float32).reshape(1, D, 1)
     return prior, flow, params, op, y
+
+
+def test_value_at_the_exact_posterior_is_minus_log_evidence():
+    # A diagonal prior and denoising: the exact posterior N(g y + m, post_var) with g = post_var / s^2 is what the
+    # flow's output map (estimate y, gain g, shift m) holds exactly with zero couplings, for every y. Then KL = 0
+    # and log q - log p(y|x) - ELBO(x) averages to -log p(y).
+    prior, flow, params, op, yb = _exact_posterior_flow()
+    var, y = np.asarray(jnp.diag(prior.cov)), np.asarray(yb).ravel()
+    post_var = 1 / (1 / var + 1 / S**2)
+    post_mean = post_var * (0.5 / var + y / S**2)
+    assert np.allclose(post_var / S**2 * y + post_var * 0.5 / var, post_mean)
+    f = jax.jit(lambda k: kl_plus_evidence(apd_terms(flow, params, prior, op, yb, k, num_z=20_000, elbo_draws=1)))
+    values = np.array([float(f(jax.random.PRNGKey(i))[0]) for i in range(4)])
+    log_evidence = -0.5 * np.sum((y - 0.5) ** 2 / (var + S**2) + np.log(2 * math.pi * (var + S**2)))
+    assert values.mean() == pytest.approx(-log_evidence, abs=4 * values.std() / 2 + 0.02)
 
 
 def _grad_norm(estimator, params_shift=0.0, num_z=16, key=3):
