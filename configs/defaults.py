@@ -43,8 +43,8 @@ def flow_training(**overrides) -> ConfigDict:
         grad_clip=1.0,
         ema_decay=0.999,
         prior_signals=0,  # prior samples appended to the training signals (drawn once, kept in flow/)
-        fresh_noise=False,
-        forward_kl_steps=0,  # > 0: first maximise log q(x|y) on prior samples (needs prior_signals), then APD  # new measurement noise (and masks) every step instead of one fixed y per signal
+        fresh_noise=False,  # new measurement noise (and masks) every step instead of one fixed y per signal
+        forward_kl_steps=0,  # > 0: first maximise log q(x|y) on prior samples (needs prior_signals), then APD
         fit_output="prior",  # output map fitted to pairs from prior samples ('data': clean training signals; 'none')
         # a user's measurement file (.npy y, or .npz y and mask) to train on instead of measuring clean signals
         measurements=config_dict.placeholder(str),

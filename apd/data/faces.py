@@ -4,8 +4,10 @@ celeba32: celeba_32x32.npz ('images' (N,32,32,3) uint8, 'celeba_id' (N,)), or a 
     named by their id (000001.jpg ...), or TFDS 'celeb_a' already prepared (cfg.source == 'tfds').
     Images not already 32x32 are centre-cropped (140x140 for the aligned 178x218 images; the same
     fraction 140/178 of the width otherwise) and resized to 32x32 with Lanczos.
-    Split: id <= 162770 train, 162771..182637 val, > 182637 test. When no test ids are present, test = val
-    and split['test_is_val'] is True.
+    Split: id <= 162770 train, 162771..182637 val, > 182637 test. When no test ids are present (the offline
+    file), the validation range is split in two and split['test_is_val'] is True: its first VAL_TUNING_POOL
+    images are val (prior sizing, flow validation, baseline tuning), the rest test (held out from all of it);
+    a validation range of at most VAL_TUNING_POOL images is both val and test.
 ffhq32: ffhq_32x32_sample.npz ('images' (N,32,32,3) uint8, 'ffhq_id'), or a folder of images (centre
     square crop, Lanczos to 32x32). For out-of-distribution checks only: everything is in test, train and
     val are empty (0,32,32,3).
@@ -27,6 +29,7 @@ CELEBA_TRAIN_LAST_ID = 162770
 CELEBA_VAL_LAST_ID = 182637
 CELEBA_CROP = (140, 178)  # crop side over image width for the aligned 178x218 CelebA images
 PARTS = ("train", "val", "test")
+VAL_TUNING_POOL = 256  # validation-range images kept for tuning when there is no test partition
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -85,7 +88,10 @@ def load_celeba32(cfg) -> Dataset:
                          f"{CELEBA_VAL_LAST_ID})")
     test_is_val = len(images["test"]) == 0
     if test_is_val:
-        images["test"], ids["test"] = images["val"], ids["val"]
+        cut = VAL_TUNING_POOL if len(images["val"]) > VAL_TUNING_POOL else 0
+        images["test"], ids["test"] = images["val"][cut:], ids["val"][cut:]
+        if cut:
+            images["val"], ids["val"] = images["val"][:cut], ids["val"][:cut]
     limits = {"train": cfg.get("max_train"), "val": cfg.get("max_eval"), "test": cfg.get("max_eval")}
     images = {p: cap(images[p], limits[p]) for p in PARTS}
     return Dataset(
