@@ -74,7 +74,7 @@ from apd.measurements import measure, split_key
 from apd.operators import make_operator_family
 from apd.sampler import Sampler, load_sampler
 from apd.training.flow import flow_exists, start_params
-from apd.training.prior import load_prior, prior_exists
+from apd.training.prior import load_prior, prior_dir, prior_exists
 
 SPLITS = ("test", "val")
 APD = "apd"
@@ -433,13 +433,13 @@ def generalization_gap(config, dataset, sampler, held_out_rows, num, counts, key
     }
 
 
-def start_sampler(sampler: Sampler, prior, dataset: Dataset, fit_output: str) -> Sampler:
+def start_sampler(sampler: Sampler, prior, dataset: Dataset, fit_output: str, cache_dir: str | None = None) -> Sampler:
     """APD's start: the trained sampler's flow with the parameters it has before its first step, the
     initialisation plus an output fit to the pairs of `fit_output` ('prior', 'data' or 'none';
-    `apd.training.flow.start_params`)."""
+    `apd.training.flow.start_params`, its prior samples kept in cache_dir when given)."""
     config = ml_collections.ConfigDict(sampler.config.to_dict())
     config.flow.training.fit_output = fit_output
-    params = start_params(config, sampler.flow, sampler.family, prior, dataset.train)
+    params = start_params(config, sampler.flow, sampler.family, prior, dataset.train, cache_dir=cache_dir)
     return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0)
 
 
@@ -561,7 +561,7 @@ def run_evaluation(
     if with_start:
         trained_mode = sampler.config.flow.training.get("fit_output", "data")  # flows saved before the option: data
         mode = config.flow.training.get("fit_output", trained_mode) if "flow" in config else trained_mode
-        starter = start_sampler(sampler, prior, dataset, mode)
+        starter = start_sampler(sampler, prior, dataset, mode, cache_dir=prior_dir(workdir))
         source = {"prior": "prior samples", "data": "clean training signals", "none": "nothing"}
         note(f"apd_start: the flow before training, its output map fitted to {source[mode]} (fit_output={mode!r})"
              + ("" if mode == trained_mode else f"; the trained flow started from fit_output={trained_mode!r}"))

@@ -297,6 +297,25 @@ def test_output_fit_from_prior_samples_is_the_wiener_filter():
         output_fit_pairs("clean", 0, family, prior, untouched)
 
 
+def test_output_fit_prior_samples_are_kept_per_prior(tmp_path):
+    """With a cache folder the output fit's prior samples are drawn once per (seed, count, prior parameters): a
+    second call reads the file (the same pairs), and a prior with other parameters gets its own file."""
+    from apd.operators import make_operator_family
+    from apd.training.flow import output_fit_pairs
+
+    family = make_operator_family(ml_collections.ConfigDict(dict(name="denoise", noise_std=0.2)), (4, 1))
+    prior = GaussianPrior.create(np.full(4, 0.5), np.diag([0.01, 0.04, 0.09, 0.16]), signal_shape=(4, 1))
+    x, estimate = output_fit_pairs("prior", 0, family, prior, None, num_pairs=8, cache_dir=str(tmp_path))
+    (saved,) = tmp_path.glob("fit_output_samples_seed0_n8_*.npy")
+    np.testing.assert_array_equal(np.load(saved), x)
+    np.save(saved, np.full((8, 4, 1), 0.25, np.float32))  # the file, not a new draw, is what a second call uses
+    x_again, _ = output_fit_pairs("prior", 0, family, prior, None, num_pairs=8, cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(x_again, 0.25)
+    other = GaussianPrior.create(np.full(4, 0.3), np.diag([0.01, 0.04, 0.09, 0.16]), signal_shape=(4, 1))
+    output_fit_pairs("prior", 0, family, other, None, num_pairs=8, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("fit_output_samples_seed0_n8_*.npy"))) == 2
+
+
 def test_prior_training_signals_are_drawn_once_and_kept(tmp_path):
     from apd.training.flow import prior_training_signals
 

@@ -16,6 +16,7 @@ geometry.npz (what figures of the signals need, no signals), metrics.jsonl and T
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import flax.linen as nn
@@ -75,11 +76,14 @@ FIT_OUTPUT_MODES = ("prior", "data", "none")
 FIT_PAIRS = 512  # signal/measurement pairs the output map is fitted to
 
 
-def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS):
+def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS,
+                     cache_dir: str | None = None):
     """(x (n,*S), x0(y) (n,*S)): the pairs the flow's output map is fitted to, or None for mode 'none'.
 
     'prior': x = num_pairs samples of the prior (its own sampler, key split_key(seed, 'fit_output/prior')),
-      measured with split_key(seed, 'fit_output'): APD then needs only the prior and the operator.
+      measured with split_key(seed, 'fit_output'): APD then needs only the prior and the operator. With
+      cache_dir the samples are kept there, named by seed, count and a fingerprint of the prior's parameters,
+      so every task and evaluation on the same prior draws them once (a U-Net prior takes minutes on CPU).
     'data': the first num_pairs clean training signals with their training measurements (split_key(seed,
       'train')): uses clean signals beyond the prior's training, labelled as such in results.
     """
@@ -91,19 +95,38 @@ def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior,
         x = jnp.asarray(train[: min(num_pairs, len(train))], jnp.float32)
         key = split_key(seed, "train")
     else:
-        x = jax.jit(prior.sample, static_argnums=1)(split_key(seed, "fit_output/prior"), num_pairs)
+        x = jnp.asarray(_fit_prior_samples(seed, prior, num_pairs, cache_dir))
         key = split_key(seed, "fit_output")
     ops, y = measure(family, key, x, jnp.arange(x.shape[0]))
     return x, jax.vmap(lambda op, yy: op.estimate(yy))(ops, y)
 
 
-def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, train) -> dict:
+def _fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str | None) -> np.ndarray:
+    """The output fit's prior samples (num_pairs,*S), read from or written to cache_dir when it is given."""
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha1()
+        for leaf in jax.tree.leaves(prior):
+            digest.update(np.asarray(leaf).tobytes())
+        path = os.path.join(cache_dir, f"fit_output_samples_seed{seed}_n{num_pairs}_{digest.hexdigest()[:12]}.npy")
+        if os.path.exists(path):
+            return np.load(path)
+    x = np.asarray(jax.jit(prior.sample, static_argnums=1)(split_key(seed, "fit_output/prior"), num_pairs), np.float32)
+    if path is not None and jax.process_index() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.save(path, x)
+    return x
+
+
+def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, train, cache_dir: str | None = None) -> dict:
     """The flow's parameters before its first step: the initialisation (key PRNGKey(seed + 7)) with the output
-    map fitted (`flows.fit_output`) to the pairs of config.flow.training.fit_output ('prior' by default).
+    map fitted (`flows.fit_output`) to the pairs of config.flow.training.fit_output ('prior' by default; its
+    samples kept in cache_dir when given, see `output_fit_pairs`).
     Untrained couplings make this the per-entry affine-Gaussian q(x|y) = N(g x0(y) + b, diag(std^2))."""
     tx = make_optimizer(config.flow.training)
     params = jax.jit(lambda k: init_flow_state(flow, family, tx, k)["params"])(jax.random.PRNGKey(config.seed + 7))
-    pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train)
+    pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train,
+                             cache_dir=cache_dir)
     return params if pairs is None else flows.fit_output(params, *pairs)
 
 
@@ -239,7 +262,8 @@ def train_flow(
         state = checkpointer.restore(state, latest)
     else:
         train = dataset.train if mode == "data" else None
-        params = jax.device_put(start_params(config, flow, family, prior, train), replicated(mesh))
+        params = start_params(config, flow, family, prior, train, cache_dir=os.path.join(workdir, "prior"))
+        params = jax.device_put(params, replicated(mesh))
         state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
     if latest is not None and latest >= tcfg.num_steps:
         checkpointer.close()
