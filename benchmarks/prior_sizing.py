@@ -6,7 +6,7 @@
 For each base channel count (the rest of config.prior.model unchanged) the DSM training step of
 apd/training/prior.py runs for --budget_s seconds of training (evaluation time excluded); every --eval_every_s
 the validation DSM loss of the current (non-EMA) parameters is measured on the first --num_val validation
-signals with fixed (t, noise) draws, the same for every width. Writes the curves (JSON) and a figure of
+signals with fixed (t, noise) draws, the same for every width (apd.training.prior.validation_loss_fn). Writes the curves (JSON) and a figure of
 validation loss against training seconds beside it. The width whose last validation loss is lowest is the
 one to train for the full budget.
 """
@@ -28,23 +28,10 @@ from apd.nets import make_score_net
 from apd.optim import make_optimizer
 from apd.sde import VPSDE
 from apd.training.loop import batch_indices
-from apd.training.prior import dsm_loss, init_prior_state, make_train_step
+from apd.training.prior import init_prior_state, make_train_step, validation_loss_fn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.tune_baseline import load_config  # noqa: E402
-
-
-def validation_loss_fn(module, sde: VPSDE, val: np.ndarray, key: jax.Array, draws: int, batch: int):
-    """params -> mean DSM loss over `draws` fixed (t, noise) per validation signal (the same for every call)."""
-    blocks = []
-    for j in range(draws):
-        for i in range(0, len(val), batch):
-            x = val[i : i + batch]
-            k_t, k_n = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, j), i))
-            t = jax.random.uniform(k_t, (len(x),), minval=sde.t_min, maxval=1.0)
-            blocks.append((jnp.asarray(x), t, jax.random.normal(k_n, x.shape)))
-    loss = jax.jit(lambda p, x, t, e: dsm_loss(lambda xt, s: module.apply({"params": p}, xt, s), sde, x, t, e) * len(x))
-    return lambda params: float(sum(float(loss(params, *b)) for b in blocks)) / (draws * len(val))
 
 
 def run_width(config, width: int, train: np.ndarray, val: np.ndarray, args) -> dict:
@@ -58,7 +45,7 @@ def run_width(config, width: int, train: np.ndarray, val: np.ndarray, args) -> d
     state = init_prior_state(module, tx, train.shape[1:], jax.random.PRNGKey(config.seed))
     num_params = int(sum(p.size for p in jax.tree.leaves(state["params"])))
     step_fn = jax.jit(make_train_step(module, sde, tx, tcfg, False), donate_argnums=0)
-    val_loss = validation_loss_fn(module, sde, val, jax.random.PRNGKey(args.seed), args.val_draws, tcfg.batch_size)
+    val_loss = validation_loss_fn(module, sde, val, jax.random.PRNGKey(args.seed), args.val_draws)
     curve, trained_s, step, next_eval = [], 0.0, 0, args.eval_every_s
     state, _ = step_fn(state, jnp.asarray(train[batch_indices(len(train), config.seed, 0, 0, tcfg.batch_size)]))
     jax.block_until_ready(state)  # compile outside the budget

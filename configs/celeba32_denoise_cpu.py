@@ -1,6 +1,12 @@
-"""CPU twin of configs/celeba32_denoise.py: small prior and flow (a smoke run of the whole pipeline on CPU).
+"""CPU twin of configs/celeba32_denoise.py: the 16-channel prior of configs/celeba32_cpu.py and the conv flow (`:realnvp` for the dense one).
 
-    python train.py --config configs/celeba32_denoise_cpu.py --workdir runs/celeba32_denoise_cpu
+    python train.py --config configs/celeba32_cpu.py --workdir ~/runs/celeba32_cpu --stage prior  # ~1 hour, once
+    mkdir -p ~/runs/celeba32_denoise_cpu && ln -s ~/runs/celeba32_cpu/prior ~/runs/celeba32_denoise_cpu/prior
+    python train.py --config configs/celeba32_denoise_cpu.py --workdir ~/runs/celeba32_denoise_cpu
+    python train.py --config configs/celeba32_denoise_cpu.py:realnvp --workdir ~/runs/celeba32_denoise_cpu_realnvp
+
+The three CelebA tasks share the one prior (a link to its folder); the output fit's prior samples are drawn once
+into it and reused by every task.
 """
 from configs.celeba32_denoise import OPERATOR
 from configs.celeba32_denoise import cpu_size

@@ -21,7 +21,8 @@ from apd.sde import VPSDE
 from apd.training.checkpoint import Checkpointer, load_config, save_config
 from apd.training.metrics_log import MetricsWriter, read_metrics
 from apd.optim import ema_update, learning_rate_schedule, make_optimizer
-from apd.training.prior import dsm_loss, load_prior, prior_exists, sample_times, train_prior
+from apd.nets import make_score_net
+from apd.training.prior import dsm_loss, load_prior, prior_exists, sample_times, train_prior, validation_loss_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,6 +206,11 @@ def test_train_prior_logs_checkpoints_and_resumes(tmp_path):
     assert [m["step"] for m in logged] == [5, 10, 15, 20]
     assert logged[0]["lr"] == pytest.approx(0.8e-3) and logged[-1]["lr"] == pytest.approx(1e-3)
     assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in logged)
+    # at each checkpoint the EMA parameters' DSM loss on the validation signals, with draws fixed by the seed
+    assert [m["step"] for m in logged if "val_dsm" in m] == [10, 20]
+    sde, module = VPSDE(), make_score_net(_prior_config(20).prior.model, (2, 2, 1))
+    expected = validation_loss_fn(module, sde, dataset.val, jax.random.PRNGKey(0), batch=3)(load_prior(workdir).params)
+    assert logged[-1]["val_dsm"] == pytest.approx(expected, rel=1e-5)
     figure = plt.imread(os.path.join(workdir, "prior", "samples.png"))
     assert figure.shape[:2] == (200, 500)  # 2 rows (data, samples) x (label + 4 columns) of 100 px
     with open(os.path.join(workdir, "prior", "config.json")) as f:

@@ -8,7 +8,8 @@ of Song et al. 2021.
 
 Artefacts under workdir/prior/: config.json (the run's config, with prior.signal_shape added),
 checkpoints/ (orbax; state = params, ema_params, opt_state, step, rng), metrics.jsonl and TensorBoard
-events, samples.png (EMA prior samples below training signals).
+events (with val_dsm, the validation loss of the EMA parameters, at every checkpoint), samples.png (EMA prior
+samples below training signals).
 """
 from __future__ import annotations
 
@@ -55,6 +56,23 @@ def dsm_loss(eps_fn: EpsFn, sde: VPSDE, x0: jax.Array, t: jax.Array, noise: jax.
     """mean over all entries of (eps_fn(alpha_t x0 + sigma_t noise, t) - noise)^2; x0, noise (B,*S), t (B,)."""
     eps_hat = eps_fn(sde.marginal(x0, t, noise), t)
     return jnp.mean((eps_hat - noise) ** 2)
+
+
+VAL_SIGNALS, VAL_DRAWS = 256, 4  # the validation DSM loss: the first 256 validation signals, 4 draws each
+
+
+def validation_loss_fn(module: nn.Module, sde: VPSDE, val: np.ndarray, key: jax.Array, draws: int = VAL_DRAWS,
+                       batch: int = 64) -> Callable[[dict], float]:
+    """params -> the DSM loss on val (N,*S) averaged over `draws` (t uniform on [t_min, 1], noise) per signal,
+    fixed by `key` (and not by `batch`): the same draws at every call, so values differ only by the parameters."""
+    blocks = []
+    for j in range(draws):
+        k_t, k_n = jax.random.split(jax.random.fold_in(key, j))
+        t = jax.random.uniform(k_t, (len(val),), minval=sde.t_min, maxval=1.0)
+        noise = jax.random.normal(k_n, val.shape)
+        blocks += [(jnp.asarray(val[i : i + batch]), t[i : i + batch], noise[i : i + batch]) for i in range(0, len(val), batch)]
+    loss = jax.jit(lambda p, x, t, e: dsm_loss(lambda xt, s: module.apply({"params": p}, xt, s), sde, x, t, e) * len(x))
+    return lambda params: sum(float(loss(params, *b)) for b in blocks) / (draws * len(val))
 
 
 def _uses_dropout(model_cfg) -> bool:
@@ -151,7 +169,15 @@ def train_prior(
     def batch(step):
         return (shard_batch(mesh, train[batch_indices(train.shape[0], config.seed, 0, step, tcfg.batch_size)]),)
 
-    state = run_steps(state, step_fn, batch, tcfg, checkpointer, prior_dir(workdir), "prior")
+    val = np.asarray(dataset.val[:VAL_SIGNALS], np.float32)
+    val_loss = validation_loss_fn(module, sde, val, jax.random.PRNGKey(config.seed)) if len(val) else None
+
+    def validation(done, state):
+        if val_loss is None or (done % tcfg.ckpt_every and done != tcfg.num_steps):
+            return {}
+        return {"val_dsm": val_loss(state["ema_params"])}
+
+    state = run_steps(state, step_fn, batch, tcfg, checkpointer, prior_dir(workdir), "prior", validation)
 
     prior = ScoreNetPrior(state["ema_params"], module, sde, signal_shape)
     sample = jax.jit(lambda p, k: p.sample(k, tcfg.num_samples, num_steps=tcfg.sample_steps))
