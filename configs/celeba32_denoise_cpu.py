@@ -8,9 +8,13 @@
 The three CelebA tasks share the one prior (a link to its folder); the output fit's prior samples are drawn once
 into it and reused by every task.
 """
+from ml_collections import ConfigDict
+
 from configs.celeba32_denoise import OPERATOR
 from configs.celeba32_denoise import cpu_size
 
 
 def get_config(flow: str = ""):
-    return cpu_size(OPERATOR, flow)
+    config = cpu_size(OPERATOR, flow)
+    config.baselines = ConfigDict(dict(pigdm=dict(w=1.0), ddrm=dict(eta=0.85)))
+    return config
