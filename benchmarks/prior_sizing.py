@@ -63,6 +63,27 @@ def run_width(config, width: int, train: np.ndarray, val: np.ndarray, args) -> d
     return {"base_channels": width, "num_params": num_params, "seconds_per_step": trained_s / (step - 1), "curve": curve}
 
 
+def plot_curves(result: dict, path: str) -> None:
+    """Validation DSM loss (log scale) against training seconds, one line per width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in result["runs"]:
+        ax.plot([c["seconds"] for c in r["curve"]], [c["val_dsm"] for c in r["curve"]], marker="o",
+                label=f"{r['base_channels']} ch, {r['seconds_per_step']:.2f} s/step")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds (this machine)")
+    ax.set_ylabel("validation DSM loss")
+    ax.set_title(f"{result['dataset']}: prior width at equal wall time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -100,21 +121,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for r in runs:
-        ax.plot([c["seconds"] for c in r["curve"]], [c["val_dsm"] for c in r["curve"]], marker="o",
-                label=f"{r['base_channels']} ch, {r['seconds_per_step']:.2f} s/step")
-    ax.set_xlabel("training seconds (this machine)")
-    ax.set_ylabel("validation DSM loss")
-    ax.set_title(f"{dataset.name}: prior width at equal wall time")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.splitext(args.out)[0] + ".png", dpi=120)
+    plot_curves(result, os.path.splitext(args.out)[0] + ".png")
     print(json.dumps({r["base_channels"]: r["curve"][-1] for r in runs}, indent=2))
 
 
