@@ -83,6 +83,7 @@ APD_REFINED = "apd_refined"  # the trained flow refined on each measurement befo
 ESTIMATES = ("noise2score",)  # point estimates, not samplers: run once, no sample statistics
 FIGURE_SAMPLES = 3  # APD samples kept for the figure
 MAX_BASELINE_ROWS = 1024  # measurement x sample rows per baseline call
+MAX_APD_ROWS = 4096  # measurement x sample rows per flow call (256 faces x 128 samples at once exhaust 24 GiB)
 DATA_LIMITED = 100  # fewer training signals than this: every table is marked data-limited
 
 
@@ -140,18 +141,32 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array, name: str = APD) -> MethodRun:
-    """max(counts) flow samples per measurement, and the wall time per measurement of k samples for every k in
-    counts (all measurements in one call) and of 128 samples of one measurement."""
+def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array, name: str = APD,
+            max_rows: int = MAX_APD_ROWS) -> MethodRun:
+    """max(counts) flow samples per measurement (measurement i drawn with fold_in(key, i), so the same in any
+    batch), in calls of at most max_rows measurement x sample rows (the last call padded: one compilation), and
+    the wall time per measurement of k samples for every k in counts and of 128 samples of one measurement."""
     operator = mset.ops if sampler.needs_operator else None
-    one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
     n, num_samples = mset.x.shape[0], max(counts)
-    samples, seconds_k = _timed(lambda: sampler.sample(mset.y, num_samples, key, operator=operator))
+    keys = measurement_keys(key, n)
+
+    def draw(k: int) -> np.ndarray:
+        per_call = max(1, max_rows // k)
+        pieces = []
+        for start in range(0, n, per_call):
+            index = np.arange(start, min(start + per_call, n))
+            padded = np.concatenate([index, np.full(min(per_call, n) - len(index), index[-1])])
+            ops = None if operator is None else jax.tree.map(lambda a: a[padded], operator)
+            pieces.append(np.asarray(sampler.sample_each(mset.y[padded], k, keys[padded], ops))[: len(index)])
+        return np.concatenate(pieces)
+
+    samples, seconds_k = _timed(lambda: draw(num_samples))
     seconds = {num_samples: seconds_k / n}
     for k in set(counts) - {num_samples}:
-        seconds[k] = _timed(lambda: sampler.sample(mset.y, k, key, operator=operator))[1] / n
-    _, seconds_128 = _timed(lambda: sampler.sample(mset.y[:1], 128, key, operator=one_operator))
-    return MethodRun(name, np.asarray(samples), 1, seconds, seconds_128)
+        seconds[k] = _timed(lambda: draw(k))[1] / n
+    one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
+    _, seconds_128 = _timed(lambda: sampler.sample_each(mset.y[:1], 128, keys[:1], one_operator))
+    return MethodRun(name, samples, 1, seconds, seconds_128)
 
 
 def run_apd_refined(sampler: Sampler, prior, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array,

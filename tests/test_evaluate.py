@@ -17,13 +17,14 @@ import pytest
 
 from apd.data import load_dataset
 from apd.baselines import get_baseline
-from apd.baselines.common import sample_keys
+from apd.baselines.common import measurement_keys, sample_keys
 from apd.eval.metrics import psnr, ssim
 from apd.evaluation import (
     MethodRun,
     cached_run,
     measurement_set,
     paired_differences,
+    run_apd,
     run_baseline,
     run_evaluation,
     start_sampler,
@@ -137,7 +138,7 @@ def test_generalization_gap_on_training_measurements(evaluation, workdir):
     config = _config()
     dataset = load_dataset(config.data)
     mset = measurement_set(config, dataset, "train", N)
-    samples = load_sampler(workdir).sample(mset.y, K, split_key(config.seed, "eval/apd"))
+    samples = load_sampler(workdir).sample_each(mset.y, K, measurement_keys(split_key(config.seed, "eval/apd"), N))
     train_psnr = float(jnp.mean(psnr(jnp.clip(jnp.mean(samples, 1), 0, 1), mset.x)))
     assert gap[f"x{K}"]["train_psnr"] == pytest.approx(train_psnr, rel=1e-5)
     held_out = [r for r in results["sets"]["test"]["rows"] if r["method"] == "apd" and r["samples"] == K][0]["psnr"]
@@ -152,7 +153,11 @@ def test_apd_reproduces_from_recorded_keys(evaluation, workdir):
     assert results["seeds"]["measurements"] == {"test": "split_key(0, 'test')"}
     assert results["seeds"]["methods"]["apd"] == "split_key(0, 'eval/apd')"
     mset = measurement_set(config, load_dataset(config.data), "test", N)
-    samples = load_sampler(workdir).sample(mset.y, K, split_key(config.seed, "eval/apd"))
+    sampler = load_sampler(workdir)
+    samples = sampler.sample_each(mset.y, K, measurement_keys(split_key(config.seed, "eval/apd"), N))
+    # drawn in calls of any size (here one measurement per call, the last call padded), the samples are the same
+    chunked = run_apd(sampler, mset, (1, K), split_key(config.seed, "eval/apd"), max_rows=K)
+    np.testing.assert_allclose(chunked.samples, samples, rtol=1e-6, atol=1e-6)
     rows = {(row["method"], row["samples"]): row for row in results["sets"]["test"]["rows"]}
     for k, estimate in ((1, samples[:, 0]), (B, jnp.mean(samples[:, :B], 1)), (K, jnp.mean(samples, 1))):
         estimate = jnp.clip(estimate, 0, 1)
@@ -177,7 +182,7 @@ def test_apd_start_is_the_fitted_affine_gaussian(evaluation, workdir):
     start_x1 = [r for r in results["sets"]["test"]["rows"] if r["method"] == "apd_start" and r["samples"] == 1][0]
     draws = load_sampler(workdir)
     draws.params = params
-    first = draws.sample(mset.y, K, split_key(config.seed, "eval/apd_start"))[:, 0]
+    first = draws.sample_each(mset.y, K, measurement_keys(split_key(config.seed, "eval/apd_start"), N))[:, 0]
     assert start_x1["psnr"] == pytest.approx(float(jnp.mean(psnr(jnp.clip(first, 0, 1), mset.x))), rel=1e-5)
 
 
