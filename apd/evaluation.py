@@ -156,7 +156,7 @@ def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key
         for start in range(0, n, per_call):
             index = np.arange(start, min(start + per_call, n))
             padded = np.concatenate([index, np.full(min(per_call, n) - len(index), index[-1])])
-            ops = None if operator is None else jax.tree.map(lambda a: a[padded], operator)
+            ops = None if operator is None else take(operator, padded)
             pieces.append(np.asarray(sampler.sample_each(mset.y[padded], k, keys[padded], ops))[: len(index)])
         return np.concatenate(pieces)
 
