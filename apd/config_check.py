@@ -19,7 +19,7 @@ import jax
 from apd.data import DATA_OPTIONS, DATASETS, SOURCES
 from apd.data.mesh_order import ORDERS
 from apd.operators import OPERATOR_NAMES
-from apd.objective import PRIOR_GRADIENTS
+from apd.objective import ESTIMATES, PRIOR_GRADIENTS
 from apd.training.flow import FIT_OUTPUT_MODES
 
 SECTIONS = ("data", "prior", "operator", "flow")
@@ -173,6 +173,18 @@ def _flow_problems(flow) -> list[str]:
     return problems
 
 
+def _estimate_problems(config) -> list[str]:
+    """flow.model.estimate: a known one, and the prior's Tweedie estimate only for denoising."""
+    model = (config.get("flow") or {}).get("model") or {}
+    estimate = model.get("estimate", "pinv")
+    if estimate not in ESTIMATES:
+        return [f"flow.model.estimate must be one of {ESTIMATES}, got {estimate!r}"]
+    operator = (config.get("operator") or {}).get("name")
+    if estimate == "tweedie" and operator != "denoise":
+        return [f"flow.model.estimate='tweedie' is the prior's denoiser: it needs operator 'denoise', not {operator!r}"]
+    return []
+
+
 def config_problems(config, sections: Iterable[str] = SECTIONS) -> list[str]:
     """Every problem of the named sections of config, one sentence each (empty when the config is sound)."""
     sections = tuple(sections)
@@ -189,6 +201,7 @@ def config_problems(config, sections: Iterable[str] = SECTIONS) -> list[str]:
         problems += _operator_problems(config.get("operator"))
     if "flow" in sections:
         problems += _flow_problems(config.get("flow"))
+        problems += _estimate_problems(config)
     return problems
 
 

@@ -166,7 +166,8 @@ def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key
         seconds[k] = _timed(lambda: draw(k))[1] / n
     one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
     _, seconds_128 = _timed(lambda: sampler.sample_each(mset.y[:1], 128, keys[:1], one_operator))
-    return MethodRun(name, samples, 1, seconds, seconds_128)
+    nfe = 1 if sampler.estimate == "pinv" else 2  # the prior's estimate, then the flow
+    return MethodRun(name, samples, nfe, seconds, seconds_128)
 
 
 def run_apd_refined(sampler: Sampler, prior, mset: MeasurementSet, counts: tuple[int, ...], key: jax.Array,
@@ -455,7 +456,7 @@ def start_sampler(sampler: Sampler, prior, dataset: Dataset, fit_output: str, ca
     config = ml_collections.ConfigDict(sampler.config.to_dict())
     config.flow.training.fit_output = fit_output
     params = start_params(config, sampler.flow, sampler.family, prior, dataset.train, cache_dir=cache_dir)
-    return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0)
+    return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0, prior=sampler.prior)
 
 
 def run_evaluation(

@@ -28,10 +28,29 @@ import jax.numpy as jnp
 
 from apd import flows
 from apd.elbo import elbo
-from apd.priors.base import Prior
+from apd.operators import Denoise
+from apd.priors.base import Prior, denoised_mean
 
 
 PRIOR_GRADIENTS = ("elbo", "score")
+ESTIMATES = ("pinv", "tweedie")  # what the flow's condition holds as its signal-space estimate x0(y)
+
+
+def conditions(operators: Any, y: jax.Array, prior: Prior | None = None, estimate: str = "pinv") -> flows.FlowCondition:
+    """The flow's conditions for measurements y (B,*M) with batched operators (leading axis B).
+
+    estimate: 'pinv', each operator's own estimate (`flows.condition_of`); 'tweedie' (denoising only), the
+    prior's posterior mean E[x | y] by Tweedie's formula (`apd.priors.base.denoised_mean`): one score
+    evaluation per measurement, no clean signal, and for denoising the mean a perfect flow should reach.
+    """
+    cond = jax.vmap(flows.condition_of)(operators, y)
+    if estimate == "pinv":
+        return cond
+    if estimate != "tweedie":
+        raise ValueError(f"flow.model.estimate must be one of {ESTIMATES}, got {estimate!r}")
+    if not isinstance(operators, Denoise) or prior is None:
+        raise ValueError("flow.model.estimate='tweedie' needs a denoising operator and the prior")
+    return cond._replace(estimate=jax.lax.stop_gradient(denoised_mean(prior, cond.estimate, operators.noise_std)))
 
 
 class APDTerms(NamedTuple):
@@ -72,17 +91,19 @@ def apd_terms(
     prior_gradient: str = "elbo",
     score_time: float = 0.01,
     path_gradient: bool = False,
+    estimate: str = "pinv",
 ) -> APDTerms:
     """Terms of the objective for measurements y (B,*M) with batched operators (leading axis B).
 
     num_z: flow samples per measurement; elbo_draws: (t, e) draws of the prior bound per sample;
-    prior_gradient, score_time, path_gradient: the estimator (module docstring).
+    prior_gradient, score_time, path_gradient: the estimator (module docstring); estimate: the flow's
+    signal-space estimate (`conditions`).
     """
     if prior_gradient not in PRIOR_GRADIENTS:
         raise ValueError(f"prior_gradient must be one of {PRIOR_GRADIENTS}, got {prior_gradient!r}")
     k_z, k_elbo = jax.random.split(key)
     batch = y.shape[0]
-    cond = jax.vmap(flows.condition_of)(operators, y)
+    cond = conditions(operators, y, prior, estimate)
     cond_k, ops_k, y_k = repeat_batch((cond, operators, y), num_z)
     z = jax.random.normal(k_z, (batch * num_z,) + tuple(flow.signal_shape))
     x, logdet = flow.apply({"params": flow_params}, z, cond_k)
@@ -103,11 +124,12 @@ def apd_terms(
     return APDTerms(per_y(-log_lik), per_y(prior_bound), per_y(logdet), per_y(log_q), per_y(entropy))
 
 
-def forward_kl_loss(flow: nn.Module, flow_params: Any, operators: Any, y: jax.Array, x: jax.Array) -> jax.Array:
+def forward_kl_loss(flow: nn.Module, flow_params: Any, operators: Any, y: jax.Array, x: jax.Array,
+                    prior: Prior | None = None, estimate: str = "pinv") -> jax.Array:
     """-mean log q(x_b | y_b) over simulated pairs, x (B,*S) with y_b measured from x_b: maximum likelihood,
     the mass-covering direction (KL(p || q) up to a constant), needing no score (POSTERIOR_GAP.md lever 5).
-    With x drawn from the prior it uses nothing beyond the prior and the operator."""
-    cond = jax.vmap(flows.condition_of)(operators, y)
+    With x drawn from the prior it uses nothing beyond the prior and the operator. prior, estimate: `conditions`."""
+    cond = conditions(operators, y, prior, estimate)
     return -jnp.mean(flows.log_prob(flow, flow_params, x, cond))
 
 

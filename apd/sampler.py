@@ -23,7 +23,7 @@ import ml_collections
 
 from apd import flows, refine
 from apd.measurement_files import accepted_range
-from apd.objective import estimator_options, repeat_batch
+from apd.objective import conditions, estimator_options, repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 
 
@@ -35,6 +35,8 @@ class Sampler:
     inpainting); otherwise conditions come from the family's operator for PRNGKey(0): the task's fixed
     operator, or in blind mode an Inpaint with show_mask=False, whose condition and estimate are y itself,
     so its random mask has no effect and the condition equals the one training built with the true mask.
+    prior: needed only by a flow whose estimate is the prior's (config.flow.model.estimate = 'tweedie': one score
+    evaluation per measurement, shared by all its samples); `load_sampler` loads it then.
     """
 
     flow: nn.Module
@@ -42,6 +44,7 @@ class Sampler:
     family: OperatorFamily
     config: ml_collections.ConfigDict
     step: int | None = None  # the training step of the checkpoint (None: not from a checkpoint)
+    prior: Any = None
 
     def __post_init__(self):
         self._reference_op = self.family.draw(jax.random.PRNGKey(0))
@@ -50,6 +53,10 @@ class Sampler:
         self._draw_each = jax.jit(jax.vmap(self._draw_one, in_axes=(None, 0, 0, None)), static_argnums=(3,))
         self._draw_each_own = jax.jit(jax.vmap(self._draw_one, in_axes=(0, 0, 0, None)), static_argnums=(3,))
         self.y_range = accepted_range(self._reference_op)  # None when the operator's range is unknown
+        self.estimate = self.config.flow.model.get("estimate", "pinv") if "flow" in self.config else "pinv"
+        if self.estimate != "pinv" and self.prior is None:
+            raise ValueError(f"this flow's estimate is the prior's ({self.estimate!r}): pass prior=")
+        self._conditions = jax.jit(conditions, static_argnums=3)
 
     @property
     def signal_shape(self) -> tuple[int, ...]:
@@ -111,7 +118,7 @@ class Sampler:
                     "(the Inpaint operator of each measurement)"
                 )
             operator = broadcast_operator(self._reference_op, y.shape[0])
-        return jax.vmap(flows.condition_of)(operator, y)
+        return self._conditions(operator, y, self.prior, self.estimate)
 
     def sample(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None) -> jax.Array:
         """Posterior samples: (num_samples, *S) for one y of shape M, (N, num_samples, *S) for y (N, *M).
@@ -157,7 +164,7 @@ class Sampler:
         y = self._check_each(y, keys, "refine_each")
         refine_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 1)
         return refine.refine_each(self.flow, self.params, prior, operator, y, refine_keys, num_steps, lr=lr,
-                                  batch_size=batch_size, **self.estimator)
+                                  batch_size=batch_size, estimate=self.estimate, **self.estimator)
 
     def posterior_mean_and_std(self, y, num_samples: int = 128, key: jax.Array | None = None, operator=None):
         """Mean and std over num_samples posterior samples, each shaped like the samples without their axis."""
@@ -174,4 +181,9 @@ def load_sampler(workdir: str, step: int | None = None) -> Sampler:
 
     flow, params, config, step = load_flow(workdir, step)
     family = make_operator_family(config.operator, tuple(config.flow.signal_shape))
-    return Sampler(flow, jax.device_put(params), family, config, step)
+    prior = None
+    if config.flow.model.get("estimate", "pinv") != "pinv":
+        from apd.training.prior import load_prior
+
+        prior = load_prior(workdir)
+    return Sampler(flow, jax.device_put(params), family, config, step, prior)

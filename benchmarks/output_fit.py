@@ -50,7 +50,8 @@ def main():
     per_mode, table = {}, {}
     for mode in FIT_OUTPUT_MODES:
         config.flow.training.fit_output = mode
-        sampler = Sampler(flow, start_params(config, flow, family, prior, dataset.train), family, config, step=0)
+        sampler = Sampler(flow, start_params(config, flow, family, prior, dataset.train), family, config, step=0,
+                          prior=prior)
         x = sampler.sample(mset.y, args.samples, jax.random.PRNGKey(0), operator=mset.ops if sampler.needs_operator else None)
         one = np.asarray(psnr(jnp.clip(x[:, 0], 0, 1), mset.x))
         mean = np.asarray(psnr(jnp.clip(jnp.mean(x, 1), 0, 1), mset.x))

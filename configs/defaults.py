@@ -62,7 +62,11 @@ def flow_training(**overrides) -> ConfigDict:
 
 
 def realnvp(**overrides) -> ConfigDict:
-    """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling."""
+    """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling.
+
+    An optional key of either flow, estimate: the signal-space estimate x0(y) added at the flow's output, 'pinv'
+    (the operator's; the default) or, for denoising, 'tweedie' (the prior's posterior mean, one score evaluation
+    per measurement; apd.objective.conditions)."""
     values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0, linear_shift=True)
     values.update(overrides)
     return ConfigDict(values)

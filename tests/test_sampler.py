@@ -110,3 +110,37 @@ def test_keys_and_suspicious_requests():
         DENOISE.sample(jnp.linspace(0, 255, 6).reshape(SHAPE), num_samples=2)
     with pytest.warns(UserWarning, match="the posterior std of one sample is 0"):
         DENOISE.posterior_mean_and_std(jnp.zeros(SHAPE), num_samples=1)
+
+
+def test_tweedie_estimate_is_the_priors_exact_posterior_mean():
+    """flow.model.estimate='tweedie': the condition's estimate is E[x|y] = m + C (C + s^2 I)^-1 (y - m) under a
+    Gaussian prior N(m, C) with its exact score; the sampler refuses to run without the prior."""
+    from apd.config_check import config_problems
+    from apd.objective import conditions
+    from apd.priors import GaussianPrior
+
+    rng = np.random.default_rng(0)
+    root = rng.normal(size=(6, 6)) * 0.3
+    mean, cov = rng.normal(size=6) * 0.2, root @ root.T + 0.05 * np.eye(6)
+    prior = GaussianPrior.create(mean, cov, SHAPE)
+    s = 0.1
+    config = ConfigDict(dict(flow=dict(model=dict(estimate="tweedie")), operator=dict(name="denoise", noise_std=s)))
+    base = make_sampler(dict(name="denoise", noise_std=s))
+    sampler = Sampler(base.flow, base.params, base.family, config, prior=prior)
+    y = rng.normal(size=(3, 6)) * 0.5
+    exact = mean + (cov @ np.linalg.solve(cov + s**2 * np.eye(6), (y - mean).T)).T
+    cond = sampler.condition(jnp.asarray(y, jnp.float32).reshape((3,) + SHAPE))
+    np.testing.assert_allclose(np.asarray(cond.estimate).reshape(3, 6), exact, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(cond.features).reshape(3, 6), y, atol=1e-6)  # the flow still sees y
+    with pytest.raises(ValueError, match="this flow's estimate is the prior's \\('tweedie'\\): pass prior="):
+        Sampler(base.flow, base.params, base.family, config)
+    inpaint = make_operator_family(ConfigDict(dict(name="inpaint", hidden_fraction=0.5, mask_seed=0, noise_std=s)), SHAPE).draw_batch(
+        jax.random.PRNGKey(0), 1)
+    with pytest.raises(ValueError, match="'tweedie' needs a denoising operator and the prior"):
+        conditions(inpaint, jnp.zeros((1,) + SHAPE), prior, "tweedie")
+    config.operator.name = "inpaint"
+    assert config_problems(config, ("flow",))[-1] == (
+        "flow.model.estimate='tweedie' is the prior's denoiser: it needs operator 'denoise', not 'inpaint'")
+    config.flow.model.estimate = "wiener"
+    assert config_problems(config, ("flow",))[-1] == (
+        "flow.model.estimate must be one of ('pinv', 'tweedie'), got 'wiener'")

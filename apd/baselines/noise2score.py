@@ -9,13 +9,13 @@ It is the MMSE estimate, not a sample: the key does not change the result.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import jax
 import jax.numpy as jnp
 
 from apd.baselines import common
+from apd.priors.base import denoised_mean, denoising_time
 
 
 def solve(prior, operator, y, key, *, clip: bool = True):
@@ -29,20 +29,17 @@ def solve(prior, operator, y, key, *, clip: bool = True):
     s_y = float(operator.noise_std)
     if s_y <= 0:
         raise ValueError(f"Noise2Score needs noisy measurements; noise_std is {s_y}")
-    sde = prior.sde
-    t_star = float(sde.time_of_integrated_beta(math.log1p(s_y**2)))
-    t = max(t_star, sde.t_min)
+    t_star, _ = denoising_time(prior.sde, s_y)
+    t = max(t_star, prior.sde.t_min)
     if t > t_star:
         warnings.warn(f"Noise2Score: t* = {t_star:.3g} for s_y = {s_y} is below t_min; the score is taken at t_min = {t}")
-    return _solve(prior, operator, y, key, t=t, scale=(1 + s_y**2) ** -0.5, s_y=s_y, clip=bool(clip)), 1
+    return _solve(prior, operator, y, key, t=t, s_y=s_y, clip=bool(clip)), 1
 
 
-@functools.partial(jax.jit, static_argnames=("t", "scale", "s_y", "clip"))
-def _solve(prior, operator, y, key, t, scale, s_y, clip):
-    times = jnp.full((1,), t, jnp.float32)
-
+@functools.partial(jax.jit, static_argnames=("t", "s_y", "clip"))
+def _solve(prior, operator, y, key, t, s_y, clip):
     def one(op, y_i, key_i):
-        x_hat = y_i + scale * s_y**2 * prior.score((scale * y_i)[None], times)[0]
+        x_hat = denoised_mean(prior, y_i[None], s_y, t)[0]
         return jnp.clip(x_hat, 0.0, 1.0) if clip else x_hat
 
     return common.map_measurements(one, operator, y, key)

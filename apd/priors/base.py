@@ -9,9 +9,11 @@ Exact priors also give log_prob(x) (B, *S) -> (B,), in nats.
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 
 from apd.sde import VPSDE, _expand
 
@@ -35,3 +37,22 @@ def tweedie_mean(prior: Prior, x: jax.Array, t: jax.Array) -> jax.Array:
     sigma = _expand(prior.sde.sigma(t), x)
     alpha = _expand(prior.sde.alpha(t), x)
     return (x + sigma**2 * prior.score(x, t)) / alpha
+
+
+def denoising_time(sde: VPSDE, noise_std: float) -> tuple[float, float]:
+    """(t*, a*) for y = x + N(0, s^2 I), s = noise_std: a* y is distributed as x_{t*}, with B(t*) = log(1 + s^2)
+    and a* = (1 + s^2)^(-1/2). t* is below sde.t_min when s is below about sqrt(B(t_min))."""
+    b, slope = math.log1p(noise_std**2), sde.beta_max - sde.beta_min  # sde.time_of_integrated_beta, in Python floats
+    t_star = (-sde.beta_min + math.sqrt(sde.beta_min**2 + 2.0 * slope * b)) / slope
+    return t_star, (1.0 + noise_std**2) ** -0.5
+
+
+def denoised_mean(prior: Prior, y: jax.Array, noise_std: float, t: float | None = None) -> jax.Array:
+    """The prior's posterior mean E[x | y] for y = x + N(0, s^2 I), y (B,*S), by Tweedie's formula at t*:
+    y + a* s^2 score(a* y, t*) (= tweedie_mean(prior, a* y, t*)); one score evaluation.
+
+    t: the time to read the score at, default t* clamped to [t_min, 1] (the formula keeps a*)."""
+    t_star, scale = denoising_time(prior.sde, noise_std)
+    t = min(max(t_star, prior.sde.t_min), 1.0) if t is None else t
+    times = jnp.full((y.shape[0],), t, jnp.float32)
+    return y + scale * noise_std**2 * prior.score(scale * y, times)

@@ -32,7 +32,7 @@ from apd.data.base import save_geometry
 from apd.measurement_files import prepare_measurements, read_measurement_file, take
 from apd.measurements import measure, split_key
 from apd.objective import (
-    APDTerms, apd_loss, apd_terms, data_weight_schedule, estimator_options, forward_kl_loss, kl_plus_evidence,
+    APDTerms, apd_loss, apd_terms, conditions, data_weight_schedule, estimator_options, forward_kl_loss, kl_plus_evidence,
     repeat_batch,
 )
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
@@ -72,12 +72,17 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
     return init_train_state(params, tx, state_key)
 
 
+def flow_estimate(config: ml_collections.ConfigDict) -> str:
+    """The flow's estimate x0(y) of a run config (`apd.objective.ESTIMATES`): 'pinv' where not set."""
+    return config.flow.model.get("estimate", "pinv")
+
+
 FIT_OUTPUT_MODES = ("prior", "data", "none")
 FIT_PAIRS = 512  # signal/measurement pairs the output map is fitted to
 
 
 def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS,
-                     cache_dir: str | None = None):
+                     cache_dir: str | None = None, estimate: str = "pinv"):
     """(x (n,*S), x0(y) (n,*S)): the pairs the flow's output map is fitted to, or None for mode 'none'.
 
     'prior': x = num_pairs samples of the prior (its own sampler, key split_key(seed, 'fit_output/prior')),
@@ -86,6 +91,7 @@ def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior,
       so every task and evaluation on the same prior draws them once (a U-Net prior takes minutes on CPU).
     'data': the first num_pairs clean training signals with their training measurements (split_key(seed,
       'train')): uses clean signals beyond the prior's training, labelled as such in results.
+    estimate: the flow's estimate x0(y) (`apd.objective.conditions`).
     """
     if mode not in FIT_OUTPUT_MODES:
         raise ValueError(f"flow.training.fit_output must be one of {FIT_OUTPUT_MODES}, got {mode!r}")
@@ -98,7 +104,7 @@ def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior,
         x = jnp.asarray(_fit_prior_samples(seed, prior, num_pairs, cache_dir))
         key = split_key(seed, "fit_output")
     ops, y = measure(family, key, x, jnp.arange(x.shape[0]))
-    return x, jax.vmap(lambda op, yy: op.estimate(yy))(ops, y)
+    return x, jax.jit(conditions, static_argnums=3)(ops, y, prior, estimate).estimate
 
 
 def _fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str | None) -> np.ndarray:
@@ -126,18 +132,18 @@ def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, 
     tx = make_optimizer(config.flow.training)
     params = jax.jit(lambda k: init_flow_state(flow, family, tx, k)["params"])(jax.random.PRNGKey(config.seed + 7))
     pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, estimate=flow_estimate(config))
     return params if pairs is None else flows.fit_output(params, *pairs)
 
 
-def make_update(flow: nn.Module, tx, training_cfg):
+def make_update(flow: nn.Module, tx, training_cfg, estimate: str = "pinv"):
     """update(state, prior, ops, y (B,*M), x=None) -> (state, metrics): one APD step on given measurements; pure,
     jit-able.
 
     The prior is an argument (its parameters are traced, not baked into the compiled step); ops: B operators
     (leading axis B). With training_cfg.forward_kl_steps = W > 0 and the signals x (B,*S) that y measures, the
     first W steps minimise -log q(x|y) instead (`apd.objective.forward_kl_loss`; the batches of those steps hold
-    prior samples only) and the data-weight ramp starts after them.
+    prior samples only) and the data-weight ramp starts after them. estimate: the flow's estimate x0(y).
     """
     num_z = int(training_cfg.num_z)
     decay, anneal = float(training_cfg.ema_decay), int(training_cfg.get("anneal_steps", 0))
@@ -151,7 +157,7 @@ def make_update(flow: nn.Module, tx, training_cfg):
 
         def loss_fn(params):
             def apd():
-                terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, **estimator)
+                terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, estimate=estimate, **estimator)
                 return apd_loss(terms, weight), terms
 
             if x is None or not warm:
@@ -159,7 +165,7 @@ def make_update(flow: nn.Module, tx, training_cfg):
 
             def maximum_likelihood():  # the APD terms are not computed in this phase: logged as 0
                 zeros = APDTerms(*([jnp.zeros(y.shape[0], jnp.float32)] * len(APDTerms._fields)))
-                return forward_kl_loss(flow, params, ops, y, x), zeros
+                return forward_kl_loss(flow, params, ops, y, x, prior, estimate), zeros
 
             return jax.lax.cond(state["step"] < warm, maximum_likelihood, apd)
 
@@ -179,10 +185,10 @@ def make_update(flow: nn.Module, tx, training_cfg):
     return update
 
 
-def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key):
+def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key, estimate: str = "pinv"):
     """step(state, prior, x (B,*S), index (B,)) -> (state, metrics): measures x (fixed y_i per index i), then
     `make_update`'s step; pure and jit-able."""
-    update = make_update(flow, tx, training_cfg)
+    update = make_update(flow, tx, training_cfg, estimate)
 
     def step(state, prior, x, index):
         ops, y = measure(family, measurement_key, x, index)
@@ -191,12 +197,12 @@ def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, m
     return step
 
 
-def make_objective_eval_fn(flow: nn.Module, num_z: int, elbo_draws: int = 1):
+def make_objective_eval_fn(flow: nn.Module, num_z: int, elbo_draws: int = 1, estimate: str = "pinv"):
     """eval(params, prior, ops, y (B,*M), key) -> KL(q(.|y) || p(.|y)) - log p(y) per measurement (B,), nats:
     the validation of a flow trained without ground truth (num_z flow samples per measurement)."""
 
     def evaluate(params, prior, ops, y, key):
-        terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, elbo_draws=elbo_draws)
+        terms = apd_terms(flow, params, prior, ops, y, key, num_z=num_z, elbo_draws=elbo_draws, estimate=estimate)
         return kl_plus_evidence(terms)
 
     return evaluate
@@ -213,13 +219,13 @@ def measurement_training_set(config, family: OperatorFamily, path: str):
     return np.asarray(y), (ops if per_measurement else None), reference
 
 
-def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key):
-    """eval(params, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples (B,)),
-    each estimate clipped to [0, 1] as in the evaluation protocol."""
+def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key, estimate: str = "pinv"):
+    """eval(params, prior, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples
+    (B,)), each estimate clipped to [0, 1] as in the evaluation protocol."""
 
-    def evaluate(params, x, index, key):
+    def evaluate(params, prior, x, index, key):
         ops, y = measure(family, measurement_key, x, index)
-        cond_k = repeat_batch(jax.vmap(flows.condition_of)(ops, y), num_samples)
+        cond_k = repeat_batch(conditions(ops, y, prior, estimate), num_samples)
         samples = flows.sample(flow, params, key, cond_k).reshape((x.shape[0], num_samples) + x.shape[1:])
         return psnr(jnp.clip(samples[:, 0], 0, 1), x), psnr(jnp.clip(jnp.mean(samples, axis=1), 0, 1), x)
 
@@ -278,10 +284,10 @@ def train_flow(
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:
         batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference)
-        step_fn = jax.jit(make_update(flow, tx, tcfg), donate_argnums=0, out_shardings=(replicated(mesh), None))
+        step_fn = jax.jit(make_update(flow, tx, tcfg, flow_estimate(config)), donate_argnums=0, out_shardings=(replicated(mesh), None))
     else:
         batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset, workdir)
-        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train")),
+        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train"), flow_estimate(config)),
                           donate_argnums=0, out_shardings=(replicated(mesh), None))
     state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
     return flow, state["ema_params"]
@@ -316,7 +322,8 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     measurements anew (index past every training index) instead of one fixed y_i per training signal."""
     tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
-    eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val")))
+    eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val"),
+                                   flow_estimate(config)))
     eval_x = jnp.asarray(dataset.val[:eval_n])
     eval_idx = jnp.arange(eval_n)
     train = np.asarray(dataset.train, np.float32)
@@ -343,7 +350,7 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     def validation(done, state):
         if not eval_n or (done % tcfg.eval_every and done != tcfg.num_steps):
             return {}
-        one, mean = eval_fn(state["ema_params"], eval_x, eval_idx, jax.random.PRNGKey(done))
+        one, mean = eval_fn(state["ema_params"], prior, eval_x, eval_idx, jax.random.PRNGKey(done))
         return {"val_psnr_1": float(jnp.mean(one)), f"val_psnr_mean{int(tcfg.eval_num_samples)}": float(jnp.mean(mean))}
 
     return batch, validation
@@ -364,7 +371,8 @@ def _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, referenc
         idx = batch_indices(n_train, config.seed, 1, step, tcfg.batch_size)
         return (prior, *shard_batch(mesh, (ops_of(idx), y_all[idx])))
 
-    eval_fn = jax.jit(make_objective_eval_fn(flow, int(tcfg.eval_num_samples), int(tcfg.elbo_draws)))
+    eval_fn = jax.jit(make_objective_eval_fn(flow, int(tcfg.eval_num_samples), int(tcfg.elbo_draws),
+                                             flow_estimate(config)))
     held_idx = np.arange(n_train, n)
 
     def validation(done, state):
