@@ -145,6 +145,10 @@ def _flow_problems(flow) -> list[str]:
     prior_signals = training.get("prior_signals", 0)
     if not isinstance(prior_signals, int) or prior_signals < 0:
         problems.append(f"flow.training.prior_signals must be a whole number >= 0, got {prior_signals!r}")
+    if not training.get("data_signals", True) and (not isinstance(prior_signals, int) or prior_signals <= 0
+                                                   or training.get("measurements")):
+        problems.append("flow.training.data_signals=False trains on prior samples alone: set "
+                        "flow.training.prior_signals > 0 (training on signals, not a measurement file)")
     warm = training.get("forward_kl_steps", 0)
     if not isinstance(warm, int) or warm < 0:
         problems.append(f"flow.training.forward_kl_steps must be a whole number >= 0, got {warm!r}")

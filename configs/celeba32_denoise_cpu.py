@@ -16,7 +16,6 @@ from configs.celeba32_denoise import cpu_size
 
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
-    config.flow.model.estimate = "pinv"  # 'tweedie': the prior's posterior mean as the flow's estimate (apd.objective)
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
     # docs/results/celeba32_denoise/tuning.json; PSNR flat within 0.02 dB for eta <= 0.25). PiGDM's w: the module
     # default, not yet tuned on this prior.

@@ -43,6 +43,7 @@ def flow_training(**overrides) -> ConfigDict:
         grad_clip=1.0,
         ema_decay=0.999,
         prior_signals=0,  # prior samples appended to the training signals (drawn once, kept in flow/)
+        data_signals=True,  # False: train on the prior samples alone, no clean signal (needs prior_signals > 0)
         fresh_noise=False,  # new measurement noise (and masks) every step instead of one fixed y per signal
         forward_kl_steps=0,  # > 0: first maximise log q(x|y) on prior samples (needs prior_signals), then APD
         fit_output="prior",  # output map fitted to pairs from prior samples ('data': clean training signals; 'none')
@@ -64,17 +65,18 @@ def flow_training(**overrides) -> ConfigDict:
 def realnvp(**overrides) -> ConfigDict:
     """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling.
 
-    An optional key of either flow, estimate: the signal-space estimate x0(y) added at the flow's output, 'pinv'
-    (the operator's; the default) or, for denoising, 'tweedie' (the prior's posterior mean, one score evaluation
+    estimate (either flow): the signal-space estimate x0(y) added at the flow's output, 'pinv' (the operator's)
+    or, for denoising, 'tweedie' (the prior's posterior mean, one score evaluation
     per measurement; apd.objective.conditions)."""
-    values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0, linear_shift=True)
+    values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0, linear_shift=True,
+                  estimate="pinv")
     values.update(overrides)
     return ConfigDict(values)
 
 
 def conv_flow(**overrides) -> ConfigDict:
     """Convolutional conditional flow for images: squeeze levels of channel couplings with conv conditioners."""
-    values = dict(name="conv", num_levels=3, couplings_per_level=4, channels=64, scale_bound=2.0)
+    values = dict(name="conv", num_levels=3, couplings_per_level=4, channels=64, scale_bound=2.0, estimate="pinv")
     values.update(overrides)
     return ConfigDict(values)
 

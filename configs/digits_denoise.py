@@ -15,7 +15,7 @@ def get_config() -> ConfigDict:
     config = digits.get_config()
     config.operator = ConfigDict(dict(name="denoise", noise_std=0.2))
     config.flow = ConfigDict()
-    config.flow.model = defaults.realnvp(num_couplings=8, width=256, estimate="pinv")
+    config.flow.model = defaults.realnvp(num_couplings=8, width=256)
     # Issue 10's levers, measured in docs/results/ablations.md (128 test digits, against the Tweedie reference): 8,192
     # prior samples beside the 1,397 digits with fresh noise every step (the flow cannot memorise the training set),
     # the score at t = 0.01 as the prior's gradient and the entropy's path gradient: APD's mean of 128 19.82 ->

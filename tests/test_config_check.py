@@ -134,3 +134,11 @@ def test_command_line_refuses_a_bad_config_before_any_work(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert lines[-1] == "error: invalid config: operator.name 'foo' is unknown; known: denoise, inpaint, impute, " \
         "inpaint_blind, inpaint_box, sr, deblur, saturate"
+
+
+def test_prior_only_training_needs_prior_samples():
+    config = digits_denoise.get_config()
+    config.flow.training.update(dict(prior_signals=0, data_signals=False))
+    assert config_problems(config) == [
+        "flow.training.data_signals=False trains on prior samples alone: set flow.training.prior_signals > 0 "
+        "(training on signals, not a measurement file)"]

@@ -367,3 +367,29 @@ def test_forward_kl_warm_start_then_apd():
             expected = apd_loss(apd_terms(flow, before, prior, ops, y, key, num_z=2), 0.0)  # ramp at 0 after it
             assert float(metrics["data_weight"]) == 0.0
         assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-4)
+
+
+def test_data_signals_false_trains_on_prior_samples_alone(tmp_path):
+    """flow.training.data_signals=False: every training batch holds prior samples only (near the prior's mean
+    [0.3, 0.7]), never the clean training signals (all 5.0 here)."""
+    from configs import defaults
+    from apd import flows
+    from apd.operators import make_operator_family
+    from apd.training.flow import _signal_batches, flow_dir
+    from apd.training.sharding import data_mesh
+
+    prior = GaussianPrior.create(mean=[0.3, 0.7], cov=np.diag([0.5, 0.05]), signal_shape=(2, 1))
+    train = np.full((40, 2, 1), 5.0, np.float32)
+    dataset = Dataset("toy", train, np.zeros((4, 2, 1), np.float32), np.zeros((0, 2, 1), np.float32), (2, 1), "image", {})
+    config = ml_collections.ConfigDict(dict(seed=0, operator=dict(name="denoise", noise_std=0.1), flow=dict(
+        model=defaults.realnvp(num_couplings=2, width=8),
+        training=defaults.flow_training(batch_size=16, prior_signals=64, data_signals=False, fresh_noise=True))))
+    flow = flows.make_flow(config.flow.model, (2, 1))
+    family = make_operator_family(config.operator, (2, 1))
+    os.makedirs(flow_dir(str(tmp_path)))
+    batch, _ = _signal_batches(config, flow, family, data_mesh(), prior, dataset, str(tmp_path))
+    seen = np.concatenate([np.asarray(batch(step)[1]) for step in range(8)])
+    assert seen.shape == (128, 2, 1) and np.abs(seen).max() < 4.0
+    config.flow.training.data_signals = True
+    batch, _ = _signal_batches(config, flow, family, data_mesh(), prior, dataset, str(tmp_path))
+    assert np.any(np.concatenate([np.asarray(batch(step)[1]) for step in range(8)]) == 5.0)

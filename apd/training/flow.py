@@ -318,15 +318,16 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR.
 
     flow.training.prior_signals = P > 0 appends P prior samples to the training signals (a training set the flow
-    cannot memorise; the forward_kl_steps warm start draws from them alone); fresh_noise draws each step's
-    measurements anew (index past every training index) instead of one fixed y_i per training signal."""
+    cannot memorise; the forward_kl_steps warm start draws from them alone; data_signals=False leaves the clean
+    training signals out, so the flow stage touches none but the validation signals it logs); fresh_noise draws
+    each step's measurements anew (index past every training index) instead of one fixed y_i per training signal."""
     tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
     eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val"),
                                    flow_estimate(config)))
     eval_x = jnp.asarray(dataset.val[:eval_n])
     eval_idx = jnp.arange(eval_n)
-    train = np.asarray(dataset.train, np.float32)
+    train = np.asarray(dataset.train if tcfg.get("data_signals", True) else dataset.train[:0], np.float32)
     num_prior = int(tcfg.get("prior_signals", 0))
     if num_prior:
         path = os.path.join(flow_dir(workdir), PRIOR_SIGNALS_FILE)
