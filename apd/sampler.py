@@ -177,12 +177,12 @@ class Sampler:
 
 def load_sampler(workdir: str, step: int | None = None) -> Sampler:
     """The trained sampler in workdir: EMA parameters of the flow checkpoint at `step` (default: the latest)."""
-    from apd.training.flow import load_flow
+    from apd.training.flow import flow_estimate, load_flow
 
     flow, params, config, step = load_flow(workdir, step)
     family = make_operator_family(config.operator, tuple(config.flow.signal_shape))
     prior = None
-    if config.flow.model.get("estimate", "pinv") != "pinv":
+    if flow_estimate(config) != "pinv":
         from apd.training.prior import load_prior
 
         prior = load_prior(workdir)

@@ -42,8 +42,8 @@ def tweedie_mean(prior: Prior, x: jax.Array, t: jax.Array) -> jax.Array:
 def denoising_time(sde: VPSDE, noise_std: float) -> tuple[float, float]:
     """(t*, a*) for y = x + N(0, s^2 I), s = noise_std: a* y is distributed as x_{t*}, with B(t*) = log(1 + s^2)
     and a* = (1 + s^2)^(-1/2). t* is below sde.t_min when s is below about sqrt(B(t_min))."""
-    b, slope = math.log1p(noise_std**2), sde.beta_max - sde.beta_min  # sde.time_of_integrated_beta, in Python floats
-    t_star = (-sde.beta_min + math.sqrt(sde.beta_min**2 + 2.0 * slope * b)) / slope
+    with jax.ensure_compile_time_eval():  # a Python float even where the caller is traced
+        t_star = float(sde.time_of_integrated_beta(math.log1p(noise_std**2)))
     return t_star, (1.0 + noise_std**2) ** -0.5
 
 

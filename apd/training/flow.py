@@ -284,10 +284,12 @@ def train_flow(
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:
         batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference)
-        step_fn = jax.jit(make_update(flow, tx, tcfg, flow_estimate(config)), donate_argnums=0, out_shardings=(replicated(mesh), None))
+        step_fn = jax.jit(make_update(flow, tx, tcfg, flow_estimate(config)), donate_argnums=0,
+                          out_shardings=(replicated(mesh), None))
     else:
         batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset, workdir)
-        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train"), flow_estimate(config)),
+        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train"),
+                                          flow_estimate(config)),
                           donate_argnums=0, out_shardings=(replicated(mesh), None))
     state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
     return flow, state["ema_params"]
