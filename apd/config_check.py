@@ -184,7 +184,7 @@ def _estimate_problems(config) -> list[str]:
     if estimate not in ESTIMATES:
         return [f"flow.model.estimate must be one of {ESTIMATES}, got {estimate!r}"]
     operator = (config.get("operator") or {}).get("name")
-    if estimate == "tweedie" and operator != "denoise":
+    if estimate == "tweedie" and operator in OPERATOR_NAMES and operator != "denoise":  # unknown ones: named above
         return [f"flow.model.estimate='tweedie' is the prior's denoiser: it needs operator 'denoise', not {operator!r}"]
     return []
 

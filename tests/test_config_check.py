@@ -78,6 +78,7 @@ def test_files_named_by_operator_and_flow(tmp_path):
     np.save(tmp_path / "y.npy", np.zeros((2, 8, 8, 1)))
     config = digits_denoise.get_config()
     config.operator = dict(name="inpaint", noise_std=0.1, mask_file=str(tmp_path / "m.npy"), per_measurement=True)
+    config.flow.model.estimate = "pinv"
     config.flow.training.measurements = str(tmp_path / "y.npy")
     config.flow.training.fit_output = "data"
     assert config_problems(config, ["operator", "flow"]) == [
