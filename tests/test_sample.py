@@ -214,6 +214,7 @@ def _inpaint_config():
     config = _config()
     config.operator = ml_collections.ConfigDict(dict(name="inpaint", noise_std=0.1, hidden_fraction=0.5,
                                                      per_measurement=True))
+    config.flow.model.estimate = "pinv"  # the default's Tweedie estimate is for denoising only
     config.flow.training.update(dict(eval_num_measurements=4, eval_num_samples=2))
     return config
 
