@@ -1,4 +1,5 @@
-"""CPU twin of configs/celeba32_denoise.py: the 16-channel prior of configs/celeba32_cpu.py and the conv flow (`:realnvp` for the dense one).
+"""CPU twin of configs/celeba32_denoise.py: the 16-channel prior of configs/celeba32_cpu.py and the conv flow (`:realnvp` for the dense one)
+with the prior's Tweedie estimate.
 
     python train.py --config configs/celeba32_cpu.py --workdir ~/runs/celeba32_cpu --stage prior  # ~1 hour, once
     mkdir -p ~/runs/celeba32_denoise_cpu && ln -s ~/runs/celeba32_cpu/prior ~/runs/celeba32_denoise_cpu/prior
@@ -16,6 +17,11 @@ from configs.celeba32_denoise import cpu_size
 
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
+    # The flow's estimate is the prior's posterior mean E[x|y] (Tweedie, one score evaluation per measurement) and it
+    # trains 1,000 steps (~20 min here): on 256 held-out faces one sample 24.70 dB and the mean of 128 28.28 dB,
+    # against 21.44 / 23.33 dB for the pseudo-inverse estimate after 3,000 steps (docs/results/celeba32_denoise/).
+    config.flow.model.estimate = "tweedie"
+    config.flow.training.num_steps = 1_000
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
     # docs/results/celeba32_denoise/tuning.json; PSNR flat within 0.02 dB for eta <= 0.25). PiGDM's w: the module
     # default, not yet tuned on this prior.
