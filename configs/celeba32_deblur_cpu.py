@@ -3,9 +3,15 @@
     mkdir -p ~/runs/celeba32_deblur_cpu && ln -s ~/runs/celeba32_cpu/prior ~/runs/celeba32_deblur_cpu/prior
     python train.py --config configs/celeba32_deblur_cpu.py --workdir ~/runs/celeba32_deblur_cpu
 """
+from ml_collections import ConfigDict
+
 from configs.celeba32_deblur import OPERATOR
 from configs.celeba32_denoise import cpu_size
 
 
 def get_config(flow: str = ""):
-    return cpu_size(OPERATOR, flow)
+    config = cpu_size(OPERATOR, flow)
+    # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
+    # docs/results/celeba32_deblur/tuning.json; flat within 0.01 dB for eta <= 0.125, at the grid's lower edge after three extensions).
+    config.baselines = ConfigDict(dict(ddrm=dict(eta=0.03125)))
+    return config

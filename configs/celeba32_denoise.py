@@ -29,7 +29,7 @@ def paper_size(operator: dict, flow: str) -> ConfigDict:
 
 
 def cpu_size(operator: dict, flow: str) -> ConfigDict:
-    """The CPU twin: the prior of configs/celeba32_cpu.py and a flow that trains in ~15-25 minutes here.
+    """The CPU twin: the prior of configs/celeba32_cpu.py and a flow that trains in ~20-40 minutes here (1,000 steps).
 
     The CPU default flow is the convolutional one (2 levels x 3 couplings, 32 channels: 0.4 M parameters, ~0.3 s
     a step at batch 32 with the 16-channel prior); `:realnvp` gives the paper's dense RealNVP at a CPU size (8
@@ -46,7 +46,7 @@ def cpu_size(operator: dict, flow: str) -> ConfigDict:
         flow or "conv", dict(num_couplings=8, width=512, linear_shift=False), dict(num_levels=2, couplings_per_level=3, channels=32)
     )
     config.flow.training = defaults.flow_training(
-        num_steps=3_000, batch_size=32, num_z=2, lr=5e-4, warmup_steps=100, fresh_noise=True, prior_gradient="score",
+        num_steps=1_000, batch_size=32, num_z=2, lr=5e-4, warmup_steps=100, fresh_noise=True, prior_gradient="score",
         score_time=0.01, path_gradient=True, log_every=100, eval_every=500, eval_num_measurements=32, ckpt_every=500,
     )
     return config

@@ -17,11 +17,10 @@ from configs.celeba32_denoise import cpu_size
 
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
-    # The flow's estimate is the prior's posterior mean E[x|y] (Tweedie, one score evaluation per measurement) and it
-    # trains 1,000 steps (~20 min here): on 256 held-out faces one sample 24.70 dB and the mean of 128 28.28 dB,
-    # against 21.44 / 23.33 dB for the pseudo-inverse estimate after 3,000 steps (docs/results/celeba32_denoise/).
+    # The flow's estimate is the prior's posterior mean E[x|y] (Tweedie, one score evaluation per measurement): after
+    # 1,000 steps, on 256 held-out faces, one sample 24.70 dB and the mean of 128 28.28 dB, against 21.44 / 23.33 dB
+    # for the pseudo-inverse estimate after 3,000 steps (docs/results/celeba32_denoise/).
     config.flow.model.estimate = "tweedie"
-    config.flow.training.num_steps = 1_000
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
     # docs/results/celeba32_denoise/tuning.json; PSNR flat within 0.02 dB for eta <= 0.25). PiGDM's w: the module
     # default, not yet tuned on this prior.
