@@ -12,6 +12,7 @@ from configs.celeba32_denoise import cpu_size
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
-    # docs/results/celeba32_deblur/tuning.json; flat within 0.01 dB for eta <= 0.125, at the grid's lower edge after three extensions).
+    # docs/results/celeba32_deblur/tuning.json; flat within 0.01 dB for eta <= 0.125, at the grid's lower edge after
+    # three extensions).
     config.baselines = ConfigDict(dict(ddrm=dict(eta=0.03125)))
     return config
