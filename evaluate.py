@@ -48,6 +48,8 @@ flags.DEFINE_bool("allow_operator_mismatch", False, "Evaluate the flow with the 
 flags.DEFINE_integer("refine_steps", 0, "Also evaluate APD refined on each measurement by this many steps of its "
                      "objective (0: off).")
 flags.DEFINE_float("refine_lr", LR, "Adam learning rate of the refinement.")
+flags.DEFINE_bool("baseline_time_128", True, "Time each baseline's 128 draws of one measurement (two full runs: "
+                  "--nobaseline_time_128 skips it for 1000-step samplers on CPU; noted in results.json).")
 FLAGS = flags.FLAGS
 
 
@@ -77,6 +79,7 @@ def main(argv):
         refine_lr=FLAGS.refine_lr,
         cache_dir=None if FLAGS.cache_dir == "none" else FLAGS.cache_dir or os.path.join(workdir, "eval_cache"),
         allow_operator_mismatch=FLAGS.allow_operator_mismatch,
+        baseline_time_128=FLAGS.baseline_time_128,
     )
     results["command"] = shlex.join(["python"] + sys.argv)
     out = FLAGS.out or os.path.join(workdir, "eval")

@@ -177,8 +177,12 @@ def _flow_problems(flow) -> list[str]:
     return problems
 
 
+WIENER_OPERATORS = ("denoise", "sr", "deblur", "inpaint", "impute", "inpaint_box")  # one fixed linear operator
+
+
 def _estimate_problems(config) -> list[str]:
-    """flow.model.estimate: a known one, and the prior's Tweedie estimate only for denoising."""
+    """flow.model.estimate: a known one; the prior's Tweedie estimate only for denoising, the Wiener estimate
+    (moments in one operator's SVD basis) only for a task with one fixed linear operator."""
     model = (config.get("flow") or {}).get("model") or {}
     estimate = model.get("estimate", "pinv")
     if estimate not in ESTIMATES:
@@ -186,6 +190,10 @@ def _estimate_problems(config) -> list[str]:
     operator = (config.get("operator") or {}).get("name")
     if estimate == "tweedie" and operator in OPERATOR_NAMES and operator != "denoise":  # unknown ones: named above
         return [f"flow.model.estimate='tweedie' is the prior's denoiser: it needs operator 'denoise', not {operator!r}"]
+    per_measurement = bool((config.get("operator") or {}).get("per_measurement", False))
+    if estimate == "wiener" and operator in OPERATOR_NAMES and (operator not in WIENER_OPERATORS or per_measurement):
+        return [f"flow.model.estimate='wiener' needs one fixed linear operator ({', '.join(WIENER_OPERATORS)}, "
+                f"without per_measurement), not {operator!r}" + (" with per_measurement" if per_measurement else "")]
     return []
 
 

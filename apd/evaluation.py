@@ -166,7 +166,7 @@ def run_apd(sampler: Sampler, mset: MeasurementSet, counts: tuple[int, ...], key
         seconds[k] = _timed(lambda: draw(k))[1] / n
     one_operator = None if operator is None else jax.tree.map(lambda a: a[:1], operator)
     _, seconds_128 = _timed(lambda: sampler.sample_each(mset.y[:1], 128, keys[:1], one_operator))
-    nfe = 1 if sampler.estimate == "pinv" else 2  # the prior's estimate, then the flow
+    nfe = 2 if sampler.estimate.name == "tweedie" else 1  # the prior's estimate, then the flow
     return MethodRun(name, samples, nfe, seconds, seconds_128)
 
 
@@ -224,7 +224,7 @@ def _flow_baseline(prior, mset: MeasurementSet, index: np.ndarray, num_samples: 
 
 def run_baseline(
     name: str, prior, mset: MeasurementSet, num_samples: int, settings: dict, key, *, timed: bool = True,
-    max_rows: int = MAX_BASELINE_ROWS, progress: bool = True,
+    time_128: bool = True, max_rows: int = MAX_BASELINE_ROWS, progress: bool = True,
 ) -> MethodRun:
     """num_samples independent runs of baseline `name` per measurement, batched over measurements x samples in
     calls of at most max_rows rows (the last call padded, so one compilation serves all).
@@ -232,7 +232,8 @@ def run_baseline(
     Draw j of measurement i is fold_in(fold_in(key, i), j): the same alone or in any batch. With timed, the
     wall time of k = 1, num_samples and 128 draws of measurement 0 is measured on a batch of k (after a
     warm-up call of the same shape), so per-sample costs are never extrapolated; the per-measurement flow is
-    charged its training plus its sampling. Raises ValueError for an unknown name or an operator the method
+    charged its training plus its sampling. time_128=False skips the 128 draws (seconds_128 NaN): two full runs
+    of a 1000-step sampler on 128 samples take about an hour on 2 CPU cores. Raises ValueError for an unknown name or an operator the method
     cannot use (at its first call, before any long work).
     """
     module = get_baseline(name)
@@ -252,7 +253,7 @@ def run_baseline(
     seconds, seconds_128 = {}, float("nan")
     if timed:
         first = np.zeros(1, np.int64)
-        for k in sorted({1, num_samples, 128}):
+        for k in sorted({1, num_samples} | ({128} if time_128 else set())):
             _, elapsed = _timed(lambda: run_rows(first, k)[0])
             if k == 128:
                 seconds_128 = elapsed
@@ -455,8 +456,10 @@ def start_sampler(sampler: Sampler, prior, dataset: Dataset, fit_output: str, ca
     `apd.training.flow.start_params`, its prior samples kept in cache_dir when given)."""
     config = ml_collections.ConfigDict(sampler.config.to_dict())
     config.flow.training.fit_output = fit_output
-    params = start_params(config, sampler.flow, sampler.family, prior, dataset.train, cache_dir=cache_dir)
-    return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0, prior=sampler.prior)
+    params = start_params(config, sampler.flow, sampler.family, prior, dataset.train, cache_dir=cache_dir,
+                          estimate=sampler.estimate)
+    return Sampler(sampler.flow, params, sampler.family, sampler.config, step=0, prior=sampler.prior,
+                   estimate=sampler.estimate)
 
 
 def run_evaluation(
@@ -475,6 +478,7 @@ def run_evaluation(
     refine_lr: float = refine.LR,
     cache_dir: str | None = None,
     allow_operator_mismatch: bool = False,
+    baseline_time_128: bool = True,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
     """Evaluate the trained sampler in workdir (if any), its untrained start and the named baselines on
@@ -496,6 +500,8 @@ def run_evaluation(
       settings, measurements, sample count, seed and prior (`cached_run`); None: no cache.
     allow_operator_mismatch: evaluate a flow trained for another operator than config.operator (else a
       ValueError); recorded as settings.operator_mismatch {'trained', 'evaluated'}.
+    baseline_time_128: time each baseline's 128 draws of one measurement (False: not measured, noted; a cached
+      run keeps the times it was saved with).
     Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
@@ -522,6 +528,8 @@ def run_evaluation(
         log(message)
 
     names = list(baselines)
+    if names and not baseline_time_128:
+        note("baseline times for 128 draws of one measurement not measured (baseline_time_128=False)")
     dataset = load_dataset(config.data)
     sampler, mismatch = None, None
     if flow_exists(workdir):
@@ -620,7 +628,8 @@ def run_evaluation(
                             "operator": config.operator.to_dict(), "prior": prior_fingerprint}
                 try:
                     run, reused = cached_run(
-                        cache_dir, identity, lambda: run_baseline(method, prior, mset, k, settings[method], keys[method])
+                        cache_dir, identity, lambda: run_baseline(method, prior, mset, k, settings[method], keys[method],
+                                                                  time_128=baseline_time_128)
                     )
                 except ValueError as err:
                     note(f"{method} left out: {err}")

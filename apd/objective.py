@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from apd import flows
 from apd.elbo import elbo
@@ -33,21 +34,67 @@ from apd.priors.base import Prior, denoised_mean
 
 
 PRIOR_GRADIENTS = ("elbo", "score")
-ESTIMATES = ("pinv", "tweedie")  # what the flow's condition holds as its signal-space estimate x0(y)
+ESTIMATES = ("pinv", "tweedie", "wiener")  # what the flow's condition holds as its signal-space estimate x0(y)
 
 
-def conditions(operators: Any, y: jax.Array, prior: Prior | None = None, estimate: str = "pinv") -> flows.FlowCondition:
+@struct.dataclass
+class Estimate:
+    """The flow's signal-space estimate x0(y), by name (ESTIMATES); a pytree whose name is static.
+
+    mean, var (*S): 'wiener' only, a diagonal Gaussian fit of the prior in the task operator's SVD basis: the prior's
+    mean and its variance along each right singular direction, var = E[(V^T (x - mean))^2] (`wiener_moments`).
+    """
+
+    name: str = struct.field(pytree_node=False, default="pinv")
+    mean: Any = None
+    var: Any = None
+
+
+def as_estimate(estimate: str | Estimate) -> Estimate:
+    """An Estimate from a name or an Estimate; one-line ValueError for an unknown name."""
+    estimate = estimate if isinstance(estimate, Estimate) else Estimate(estimate)
+    if estimate.name not in ESTIMATES:
+        raise ValueError(f"flow.model.estimate must be one of {ESTIMATES}, got {estimate.name!r}")
+    return estimate
+
+
+def wiener_moments(operator: Any, x: jax.Array) -> Estimate:
+    """The 'wiener' estimate of a fixed linear operator with an SVD (v_t), fitted to prior samples x (n,*S)."""
+    mean = jnp.mean(x, axis=0)
+    spectral = jax.vmap(operator.v_t)(x - mean)
+    return Estimate("wiener", mean, jnp.mean(spectral**2, axis=0))
+
+
+def wiener_estimate(operator: Any, y: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
+    """E[x | y] (*S) for ONE measurement y under the Gaussian prior N(mean, V diag(var) V^T):
+    mean + V diag(s var / (s^2 var + sigma^2)) U^T (y - A mean), directions with s = 0 left at the mean.
+    Each direction is shrunk by its own signal-to-noise ratio, so singular values far below the noise add no noise."""
+    s = operator.singular_values().astype(y.dtype)
+    gain = s * var / (s**2 * var + operator.noise_std**2)
+    return mean + operator.v(jnp.where(s > 0, gain, 0.0) * operator.u_t(y - operator.apply(mean)))
+
+
+def conditions(operators: Any, y: jax.Array, prior: Prior | None = None,
+               estimate: str | Estimate = "pinv") -> flows.FlowCondition:
     """The flow's conditions for measurements y (B,*M) with batched operators (leading axis B).
 
-    estimate: 'pinv', each operator's own estimate (`flows.condition_of`); 'tweedie' (denoising only), the
-    prior's posterior mean E[x | y] by Tweedie's formula (`apd.priors.base.denoised_mean`): one score
-    evaluation per measurement, no clean signal, and for denoising the mean a perfect flow should reach.
+    estimate (a name or an `Estimate`): 'pinv', each operator's own estimate (`flows.condition_of`); 'tweedie'
+    (denoising only), the prior's posterior mean E[x | y] by Tweedie's formula (`apd.priors.base.denoised_mean`):
+    one score evaluation per measurement, no clean signal, and for denoising the mean a perfect flow should reach;
+    'wiener' (linear operators with an SVD), the posterior mean under a diagonal Gaussian fit of the prior in the
+    operator's SVD basis (`wiener_estimate`, its moments from prior samples): noise-aware where the pseudo-inverse
+    amplifies noise (deblurring).
     """
+    estimate = as_estimate(estimate)
     cond = jax.vmap(flows.condition_of)(operators, y)
-    if estimate == "pinv":
+    if estimate.name == "pinv":
         return cond
-    if estimate != "tweedie":
-        raise ValueError(f"flow.model.estimate must be one of {ESTIMATES}, got {estimate!r}")
+    if estimate.name == "wiener":
+        if estimate.mean is None or not hasattr(operators, "v_t"):
+            raise ValueError("flow.model.estimate='wiener' needs a linear operator with an SVD and the prior's moments "
+                             "(apd.objective.wiener_moments)")
+        x0 = jax.vmap(wiener_estimate, in_axes=(0, 0, None, None))(operators, y, estimate.mean, estimate.var)
+        return cond._replace(estimate=x0)
     if not isinstance(operators, Denoise) or prior is None:
         raise ValueError("flow.model.estimate='tweedie' needs a denoising operator and the prior")
     return cond._replace(estimate=jax.lax.stop_gradient(denoised_mean(prior, cond.estimate, operators.noise_std)))
@@ -91,7 +138,7 @@ def apd_terms(
     prior_gradient: str = "elbo",
     score_time: float = 0.01,
     path_gradient: bool = False,
-    estimate: str = "pinv",
+    estimate: str | Estimate = "pinv",
 ) -> APDTerms:
     """Terms of the objective for measurements y (B,*M) with batched operators (leading axis B).
 
@@ -125,7 +172,7 @@ def apd_terms(
 
 
 def forward_kl_loss(flow: nn.Module, flow_params: Any, operators: Any, y: jax.Array, x: jax.Array,
-                    prior: Prior | None = None, estimate: str = "pinv") -> jax.Array:
+                    prior: Prior | None = None, estimate: str | Estimate = "pinv") -> jax.Array:
     """-mean log q(x_b | y_b) over simulated pairs, x (B,*S) with y_b measured from x_b: maximum likelihood,
     the mass-covering direction (KL(p || q) up to a constant), needing no score (POSTERIOR_GAP.md lever 5).
     With x drawn from the prior it uses nothing beyond the prior and the operator. prior, estimate: `conditions`."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from apd.objective import apd_loss, apd_terms
+from apd.objective import Estimate, apd_loss, apd_terms, as_estimate
 from apd.optim import make_optimizer
 from apd.priors.base import Prior
 
@@ -94,18 +94,20 @@ def refine_each(
     *,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,
+    estimate: str | Estimate = "pinv",
     **estimator,
 ) -> Any:
     """The parameters refined on each of N measurements y (N,*M) with operators (leading axis N), measurement i
     with keys[i] (keys (N, 2)) alone: every leaf gets a leading axis N.
 
     Adam (global norm clipped to GRAD_CLIP, no warm-up) at lr from params, num_steps steps of batch_size flow
-    samples; estimator: apd_terms' estimator keywords (apd.objective.estimator_options of the flow's training).
+    samples; estimate: the flow's (`apd.objective.conditions`); estimator: apd_terms' estimator keywords
+    (apd.objective.estimator_options of the flow's training).
     Compiled once per shape, step count, batch size and estimator; lr is traced. num_steps = 0 returns params.
     """
     check(num_steps, lr, batch_size)
-    return _refine_each(flow, params, prior, operators, y, keys, jnp.float32(lr), num_steps=int(num_steps),
-                        batch_size=int(batch_size), estimator=tuple(sorted(estimator.items())))
+    return _refine_each(flow, params, prior, operators, y, keys, jnp.float32(lr), as_estimate(estimate),
+                        num_steps=int(num_steps), batch_size=int(batch_size), estimator=tuple(sorted(estimator.items())))
 
 
 def refine(flow: nn.Module, params: Any, prior: Prior, operator: Any, y: jax.Array, key: jax.Array, num_steps: int,
@@ -130,10 +132,11 @@ def score_evaluations(num_steps: int, batch_size: int = BATCH_SIZE, elbo_draws: 
 
 
 @functools.partial(jax.jit, static_argnames=("flow", "num_steps", "batch_size", "estimator"))
-def _refine_each(flow, params, prior, operators, y, keys, lr, num_steps, batch_size, estimator):
+def _refine_each(flow, params, prior, operators, y, keys, lr, estimate, num_steps, batch_size, estimator):
     tx = make_optimizer(ml_collections.ConfigDict(dict(lr=lr, warmup_steps=0, grad_clip=GRAD_CLIP)))
 
     def one(op, y_i, key_i):
-        return fit_measurement(flow, params, tx, prior, op, y_i, key_i, num_steps, batch_size, **dict(estimator))[0]
+        return fit_measurement(flow, params, tx, prior, op, y_i, key_i, num_steps, batch_size, estimate=estimate,
+                               **dict(estimator))[0]
 
     return jax.vmap(one)(operators, y, keys)

@@ -23,7 +23,7 @@ import ml_collections
 
 from apd import flows, refine
 from apd.measurement_files import accepted_range
-from apd.objective import conditions, estimator_options, repeat_batch
+from apd.objective import Estimate, as_estimate, conditions, estimator_options, repeat_batch
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 
 
@@ -37,6 +37,8 @@ class Sampler:
     so its random mask has no effect and the condition equals the one training built with the true mask.
     prior: needed only by a flow whose estimate is the prior's (config.flow.model.estimate = 'tweedie': one score
     evaluation per measurement, shared by all its samples); `load_sampler` loads it then.
+    estimate: the flow's estimate (`apd.objective.Estimate`); None takes its name from config, which a 'wiener'
+    flow cannot (its moments come from `apd.training.flow.load_estimate`, as `load_sampler` does).
     """
 
     flow: nn.Module
@@ -45,6 +47,7 @@ class Sampler:
     config: ml_collections.ConfigDict
     step: int | None = None  # the training step of the checkpoint (None: not from a checkpoint)
     prior: Any = None
+    estimate: Estimate | None = None
 
     def __post_init__(self):
         self._reference_op = self.family.draw(jax.random.PRNGKey(0))
@@ -53,10 +56,14 @@ class Sampler:
         self._draw_each = jax.jit(jax.vmap(self._draw_one, in_axes=(None, 0, 0, None)), static_argnums=(3,))
         self._draw_each_own = jax.jit(jax.vmap(self._draw_one, in_axes=(0, 0, 0, None)), static_argnums=(3,))
         self.y_range = accepted_range(self._reference_op)  # None when the operator's range is unknown
-        self.estimate = self.config.flow.model.get("estimate", "pinv") if "flow" in self.config else "pinv"
-        if self.estimate != "pinv" and self.prior is None:
-            raise ValueError(f"this flow's estimate is the prior's ({self.estimate!r}): pass prior=")
-        self._conditions = jax.jit(conditions, static_argnums=3)
+        if self.estimate is None:
+            self.estimate = as_estimate(self.config.flow.model.get("estimate", "pinv") if "flow" in self.config else "pinv")
+        if self.estimate.name == "tweedie" and self.prior is None:
+            raise ValueError("this flow's estimate is the prior's ('tweedie'): pass prior=")
+        if self.estimate.name == "wiener" and self.estimate.mean is None:
+            raise ValueError("this flow's 'wiener' estimate needs its prior moments: pass estimate= "
+                             "(apd.training.flow.load_estimate)")
+        self._conditions = jax.jit(conditions)
 
     @property
     def signal_shape(self) -> tuple[int, ...]:
@@ -177,13 +184,13 @@ class Sampler:
 
 def load_sampler(workdir: str, step: int | None = None) -> Sampler:
     """The trained sampler in workdir: EMA parameters of the flow checkpoint at `step` (default: the latest)."""
-    from apd.training.flow import flow_estimate, load_flow
+    from apd.training.flow import flow_estimate, load_estimate, load_flow
 
     flow, params, config, step = load_flow(workdir, step)
     family = make_operator_family(config.operator, tuple(config.flow.signal_shape))
     prior = None
-    if flow_estimate(config) != "pinv":
+    if flow_estimate(config) == "tweedie":
         from apd.training.prior import load_prior
 
         prior = load_prior(workdir)
-    return Sampler(flow, jax.device_put(params), family, config, step, prior)
+    return Sampler(flow, jax.device_put(params), family, config, step, prior, load_estimate(workdir, config))

@@ -25,7 +25,7 @@ from apd.eval.metrics import bootstrap_ci, psnr
 from apd.evaluation import measurement_set
 from apd.operators import make_operator_family
 from apd.sampler import Sampler
-from apd.training.flow import FIT_OUTPUT_MODES, start_params
+from apd.training.flow import FIT_OUTPUT_MODES, start_params, task_estimate
 from apd.training.prior import load_prior
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,11 +47,12 @@ def main():
     flow = flows.make_flow(config.flow.model, dataset.signal_shape)
     family = make_operator_family(config.operator, dataset.signal_shape)
     mset = measurement_set(config, dataset, "val", args.num_measurements)
+    estimate = task_estimate(config, family, prior)
     per_mode, table = {}, {}
     for mode in FIT_OUTPUT_MODES:
         config.flow.training.fit_output = mode
-        sampler = Sampler(flow, start_params(config, flow, family, prior, dataset.train), family, config, step=0,
-                          prior=prior)
+        sampler = Sampler(flow, start_params(config, flow, family, prior, dataset.train, estimate=estimate), family,
+                          config, step=0, prior=prior, estimate=estimate)
         x = sampler.sample(mset.y, args.samples, jax.random.PRNGKey(0), operator=mset.ops if sampler.needs_operator else None)
         one = np.asarray(psnr(jnp.clip(x[:, 0], 0, 1), mset.x))
         mean = np.asarray(psnr(jnp.clip(jnp.mean(x, 1), 0, 1), mset.x))

@@ -5,12 +5,13 @@
 """
 from ml_collections import ConfigDict
 
-from configs.celeba32_deblur import OPERATOR
+from configs.celeba32_deblur import ESTIMATE, OPERATOR
 from configs.celeba32_denoise import cpu_size
 
 
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
+    config.flow.model.estimate = ESTIMATE
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
     # docs/results/celeba32_deblur/tuning.json; flat within 0.01 dB for eta <= 0.125, at the grid's lower edge after
     # three extensions).

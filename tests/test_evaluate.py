@@ -130,6 +130,11 @@ def test_baseline_times_are_measured_on_batches_of_one_measurement(workdir, monk
     assert calls == [(4, False), (4, True), (1, True), (1, True), (2, True), (2, True), (128, True), (128, True)]
     assert run.samples.shape == (3, 2, 8, 8, 1) and set(run.seconds) == {1, 2} and run.seconds_128 > 0
     np.testing.assert_array_equal(run.samples[2, 0] == run.samples[2, 1], np.zeros((8, 8, 1), bool))
+    calls.clear()
+    quick = run_baseline("ddrm", load_prior(workdir), mset, 2, {"num_steps": 5}, jax.random.PRNGKey(0), max_rows=4,
+                         progress=False, time_128=False)
+    assert calls[-1] == (2, True) and (128, True) not in calls and np.isnan(quick.seconds_128)
+    np.testing.assert_array_equal(quick.samples, run.samples)
 
 
 def test_generalization_gap_on_training_measurements(evaluation, workdir):

@@ -246,6 +246,32 @@ def test_flow_killed_and_resumed_ends_bit_for_bit(tmp_path, monkeypatch):
     assert resumed_raw[3] == straight_raw[3] == 12
 
 
+def test_wiener_flow_keeps_its_prior_moments_for_the_sampler(tmp_path):
+    """A flow with the 'wiener' estimate saves the moments it trained with (from its output fit's prior samples) and
+    load_sampler conditions on exactly those: the resumed or loaded flow sees the estimate it was trained on."""
+    from apd.objective import wiener_estimate
+    from apd.sampler import load_sampler
+    from apd.training.flow import WIENER_FILE, flow_dir, task_estimate, train_flow
+
+    prior = GaussianPrior.create(np.full(4, 0.5), 0.05 * np.eye(4), signal_shape=(2, 2, 1))
+    config = _flow_config(num_steps=3, log_every=3, eval_every=3, ckpt_every=3)
+    config.operator = ml_collections.ConfigDict(dict(name="deblur", noise_std=0.05, kernel_size=3, width=1.0))
+    config.flow.model.estimate = "wiener"
+    workdir = str(tmp_path)
+    train_flow(config, workdir, prior, _dataset())
+    assert os.path.exists(os.path.join(flow_dir(workdir), WIENER_FILE))
+    sampler = load_sampler(workdir)
+    fitted = task_estimate(config, sampler.family, prior, cache_dir=os.path.join(workdir, "prior"))
+    np.testing.assert_array_equal(np.asarray(sampler.estimate.mean), np.asarray(fitted.mean))
+    np.testing.assert_array_equal(np.asarray(sampler.estimate.var), np.asarray(fitted.var))
+    np.testing.assert_allclose(np.asarray(fitted.mean).ravel(), 0.5, atol=0.05)  # 512 samples of N(0.5, 0.05 I)
+    np.testing.assert_allclose(np.asarray(fitted.var).ravel(), 0.05, rtol=0.25)  # V orthogonal: var 0.05 each
+    y = jnp.linspace(0.2, 0.8, 4).reshape(1, 2, 2, 1)
+    op = sampler.family.draw(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(sampler.condition(y).estimate[0], wiener_estimate(op, y[0], fitted.mean, fitted.var),
+                               atol=1e-6)
+
+
 # ---------------------------------------------------------------- config changes on resume
 
 

@@ -141,6 +141,52 @@ def test_tweedie_estimate_is_the_priors_exact_posterior_mean():
     config.operator.name = "inpaint"
     assert config_problems(config, ("flow",))[-1] == (
         "flow.model.estimate='tweedie' is the prior's denoiser: it needs operator 'denoise', not 'inpaint'")
-    config.flow.model.estimate = "wiener"
+    config.flow.model.estimate = "lmmse"
     assert config_problems(config, ("flow",))[-1] == (
-        "flow.model.estimate must be one of ('pinv', 'tweedie'), got 'wiener'")
+        "flow.model.estimate must be one of ('pinv', 'tweedie', 'wiener'), got 'lmmse'")
+
+
+def test_wiener_estimate_is_the_exact_posterior_mean_of_its_gaussian_fit(tmp_path):
+    """flow.model.estimate='wiener' (deblurring): the condition's estimate is E[x|y] = m + C A^T (A C A^T + s^2 I)^-1
+    (y - A m) for C = V diag(var) V^T, with the moments fitted to prior samples in the blur's SVD basis; the run's
+    moments come from its prior samples, the sampler refuses to run without them, a missing file is named."""
+    from apd.config_check import config_problems
+    from apd.objective import Estimate, conditions
+    from apd.priors import GaussianPrior
+    from apd.training.flow import FIT_PAIRS, WIENER_FILE, load_estimate, task_estimate
+
+    image = (4, 4, 1)
+    s = 0.05
+    operator = dict(name="deblur", noise_std=s, kernel_size=3, width=1.0, threshold=0.0)
+    family = make_operator_family(ConfigDict(operator), image)
+    op = family.draw(jax.random.PRNGKey(0))
+    basis = np.asarray(jax.vmap(op.v)(jnp.eye(16).reshape((16,) + image))).reshape(16, 16).T  # column i: V e_i
+    blur = np.asarray(jax.vmap(op.apply)(jnp.eye(16).reshape((16,) + image))).reshape(16, 16).T
+    rng = np.random.default_rng(1)
+    mean, var = rng.uniform(0.2, 0.8, 16).astype(np.float32), rng.uniform(0.001, 0.1, 16).astype(np.float32)
+    estimate = Estimate("wiener", jnp.asarray(mean.reshape(image)), jnp.asarray(var.reshape(image)))
+    y = rng.normal(size=(3, 16)).astype(np.float32)
+    cov = basis @ np.diag(var) @ basis.T
+    exact = mean + (cov @ blur.T @ np.linalg.solve(blur @ cov @ blur.T + s**2 * np.eye(16), (y - blur @ mean).T)).T
+    cond = conditions(family.draw_batch(jax.random.PRNGKey(0), 3), jnp.asarray(y).reshape((3,) + image),
+                      estimate=estimate)
+    np.testing.assert_allclose(np.asarray(cond.estimate).reshape(3, 16), exact, atol=1e-4)
+
+    # Fitted to FIT_PAIRS samples of a Gaussian prior N(m, C): the moments are m and diag(V^T C V) up to sampling error.
+    config = ConfigDict(dict(seed=0, flow=dict(model=dict(estimate="wiener")), operator=operator))
+    prior = GaussianPrior.create(mean, cov, image)
+    fitted = task_estimate(config, family, prior, cache_dir=str(tmp_path))
+    np.testing.assert_allclose(np.asarray(fitted.mean).ravel(), mean, atol=4 * np.sqrt(var.max() / FIT_PAIRS))
+    spectral_var = np.asarray(jax.vmap(op.v_t)(jnp.asarray(basis.T.reshape((16,) + image)))).reshape(16, 16)
+    np.testing.assert_allclose(np.diag(spectral_var @ np.diag(var) @ spectral_var.T),
+                               np.asarray(fitted.var).ravel(), rtol=4 * np.sqrt(2 / FIT_PAIRS))
+
+    base = make_sampler(dict(name="denoise", noise_std=s))
+    with pytest.raises(ValueError, match="'wiener' estimate needs its prior moments: pass estimate="):
+        Sampler(base.flow, base.params, base.family, ConfigDict(dict(flow=dict(model=dict(estimate="wiener")))))
+    with pytest.raises(FileNotFoundError, match=f"{WIENER_FILE} is missing"):
+        load_estimate(str(tmp_path), config)
+    config.operator = ConfigDict(dict(name="saturate", noise_std=s))
+    assert config_problems(config, ("flow",))[-1] == (
+        "flow.model.estimate='wiener' needs one fixed linear operator (denoise, sr, deblur, inpaint, impute, "
+        "inpaint_box, without per_measurement), not 'saturate'")

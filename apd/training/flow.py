@@ -32,8 +32,8 @@ from apd.data.base import save_geometry
 from apd.measurement_files import prepare_measurements, read_measurement_file, take
 from apd.measurements import measure, split_key
 from apd.objective import (
-    APDTerms, apd_loss, apd_terms, conditions, data_weight_schedule, estimator_options, forward_kl_loss, kl_plus_evidence,
-    repeat_batch,
+    APDTerms, Estimate, apd_loss, apd_terms, as_estimate, conditions, data_weight_schedule, estimator_options,
+    forward_kl_loss, kl_plus_evidence, repeat_batch, wiener_moments,
 )
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
@@ -73,16 +73,40 @@ def init_flow_state(flow: nn.Module, family: OperatorFamily, tx: optax.GradientT
 
 
 def flow_estimate(config: ml_collections.ConfigDict) -> str:
-    """The flow's estimate x0(y) of a run config (`apd.objective.ESTIMATES`): 'pinv' where not set."""
+    """The name of the flow's estimate x0(y) of a run config (`apd.objective.ESTIMATES`): 'pinv' where not set."""
     return config.flow.model.get("estimate", "pinv")
 
 
 FIT_OUTPUT_MODES = ("prior", "data", "none")
 FIT_PAIRS = 512  # signal/measurement pairs the output map is fitted to
+WIENER_FILE = "wiener_moments.npz"  # in workdir/flow: the 'wiener' estimate's prior moments (mean, var), each (*S)
+
+
+def task_estimate(config: ml_collections.ConfigDict, family: OperatorFamily, prior: Prior,
+                  cache_dir: str | None = None) -> Estimate:
+    """The flow's estimate of config: for 'wiener', its moments fitted to the output fit's FIT_PAIRS prior samples
+    (`output_fit_pairs`, kept in cache_dir) in the SVD basis of the task's fixed operator: prior and operator only."""
+    name = flow_estimate(config)
+    if name != "wiener":
+        return as_estimate(name)
+    x = jnp.asarray(_fit_prior_samples(config.seed, prior, FIT_PAIRS, cache_dir))
+    return wiener_moments(family.draw(jax.random.PRNGKey(0)), x)
+
+
+def load_estimate(workdir: str, config: ml_collections.ConfigDict) -> Estimate:
+    """The trained flow's estimate: by name, with the 'wiener' moments its training saved in workdir/flow."""
+    name = flow_estimate(config)
+    if name != "wiener":
+        return as_estimate(name)
+    path = os.path.join(flow_dir(workdir), WIENER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: the 'wiener' flow needs the prior moments its training saved")
+    with np.load(path) as saved:
+        return Estimate("wiener", jnp.asarray(saved["mean"]), jnp.asarray(saved["var"]))
 
 
 def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS,
-                     cache_dir: str | None = None, estimate: str = "pinv"):
+                     cache_dir: str | None = None, estimate: str | Estimate = "pinv"):
     """(x (n,*S), x0(y) (n,*S)): the pairs the flow's output map is fitted to, or None for mode 'none'.
 
     'prior': x = num_pairs samples of the prior (its own sampler, key split_key(seed, 'fit_output/prior')),
@@ -104,7 +128,7 @@ def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior,
         x = jnp.asarray(_fit_prior_samples(seed, prior, num_pairs, cache_dir))
         key = split_key(seed, "fit_output")
     ops, y = measure(family, key, x, jnp.arange(x.shape[0]))
-    return x, jax.jit(conditions, static_argnums=3)(ops, y, prior, estimate).estimate
+    return x, jax.jit(conditions)(ops, y, prior, as_estimate(estimate)).estimate
 
 
 def _fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str | None) -> np.ndarray:
@@ -124,19 +148,22 @@ def _fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str |
     return x
 
 
-def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, train, cache_dir: str | None = None) -> dict:
+def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, train, cache_dir: str | None = None,
+                 estimate: Estimate | None = None) -> dict:
     """The flow's parameters before its first step: the initialisation (key PRNGKey(seed + 7)) with the output
     map fitted (`flows.fit_output`) to the pairs of config.flow.training.fit_output ('prior' by default; its
-    samples kept in cache_dir when given, see `output_fit_pairs`).
+    samples kept in cache_dir when given, see `output_fit_pairs`). estimate: the flow's (default
+    `task_estimate(config, ...)`).
     Untrained couplings make this the per-entry affine-Gaussian q(x|y) = N(g x0(y) + b, diag(std^2))."""
     tx = make_optimizer(config.flow.training)
     params = jax.jit(lambda k: init_flow_state(flow, family, tx, k)["params"])(jax.random.PRNGKey(config.seed + 7))
     pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train,
-                             cache_dir=cache_dir, estimate=flow_estimate(config))
+                             cache_dir=cache_dir,
+                             estimate=task_estimate(config, family, prior, cache_dir) if estimate is None else estimate)
     return params if pairs is None else flows.fit_output(params, *pairs)
 
 
-def make_update(flow: nn.Module, tx, training_cfg, estimate: str = "pinv"):
+def make_update(flow: nn.Module, tx, training_cfg, estimate: str | Estimate = "pinv"):
     """update(state, prior, ops, y (B,*M), x=None) -> (state, metrics): one APD step on given measurements; pure,
     jit-able.
 
@@ -185,7 +212,8 @@ def make_update(flow: nn.Module, tx, training_cfg, estimate: str = "pinv"):
     return update
 
 
-def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key, estimate: str = "pinv"):
+def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, measurement_key,
+                    estimate: str | Estimate = "pinv"):
     """step(state, prior, x (B,*S), index (B,)) -> (state, metrics): measures x (fixed y_i per index i), then
     `make_update`'s step; pure and jit-able."""
     update = make_update(flow, tx, training_cfg, estimate)
@@ -197,7 +225,7 @@ def make_train_step(flow: nn.Module, family: OperatorFamily, tx, training_cfg, m
     return step
 
 
-def make_objective_eval_fn(flow: nn.Module, num_z: int, elbo_draws: int = 1, estimate: str = "pinv"):
+def make_objective_eval_fn(flow: nn.Module, num_z: int, elbo_draws: int = 1, estimate: str | Estimate = "pinv"):
     """eval(params, prior, ops, y (B,*M), key) -> KL(q(.|y) || p(.|y)) - log p(y) per measurement (B,), nats:
     the validation of a flow trained without ground truth (num_z flow samples per measurement)."""
 
@@ -219,7 +247,8 @@ def measurement_training_set(config, family: OperatorFamily, path: str):
     return np.asarray(y), (ops if per_measurement else None), reference
 
 
-def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key, estimate: str = "pinv"):
+def make_eval_fn(flow: nn.Module, family: OperatorFamily, num_samples: int, measurement_key,
+                 estimate: str | Estimate = "pinv"):
     """eval(params, prior, x (B,*S), index (B,), key) -> (PSNR of one sample (B,), PSNR of the mean of num_samples
     (B,)), each estimate clipped to [0, 1] as in the evaluation protocol."""
 
@@ -264,11 +293,13 @@ def train_flow(
     if resume_from is not None:
         checkpointer.discard_after(resume_from)
     latest = checkpointer.latest_step()
+    cache_dir = os.path.join(workdir, "prior")
+    estimate = task_estimate(config, family, prior, cache_dir)
     if latest is not None:
         state = checkpointer.restore(state, latest)
     else:
         train = dataset.train if mode == "data" else None
-        params = start_params(config, flow, family, prior, train, cache_dir=os.path.join(workdir, "prior"))
+        params = start_params(config, flow, family, prior, train, cache_dir=cache_dir, estimate=estimate)
         params = jax.device_put(params, replicated(mesh))
         state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
     if latest is not None and latest >= tcfg.num_steps:
@@ -281,15 +312,17 @@ def train_flow(
         saved.flow.signal_shape = signal_shape
         record_config(flow_dir(workdir), saved, FLOW_SECTIONS, latest)
         save_geometry(os.path.join(flow_dir(workdir), "geometry.npz"), dataset)
+        if estimate.name == "wiener":
+            np.savez(os.path.join(flow_dir(workdir), WIENER_FILE), mean=np.asarray(estimate.mean),
+                     var=np.asarray(estimate.var))
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:
-        batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference)
-        step_fn = jax.jit(make_update(flow, tx, tcfg, flow_estimate(config)), donate_argnums=0,
+        batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference, estimate)
+        step_fn = jax.jit(make_update(flow, tx, tcfg, estimate), donate_argnums=0,
                           out_shardings=(replicated(mesh), None))
     else:
-        batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset, workdir)
-        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train"),
-                                          flow_estimate(config)),
+        batch, validation = _signal_batches(config, flow, family, mesh, prior, dataset, workdir, estimate)
+        step_fn = jax.jit(make_train_step(flow, family, tx, tcfg, split_key(config.seed, "train"), estimate),
                           donate_argnums=0, out_shardings=(replicated(mesh), None))
     state = run_steps(state, step_fn, batch, tcfg, checkpointer, flow_dir(workdir), "flow", validation)
     return flow, state["ema_params"]
@@ -316,7 +349,7 @@ def prior_training_signals(seed: int, prior: Prior, count: int, path: str) -> np
     return signals
 
 
-def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
+def _signal_batches(config, flow, family, mesh, prior, dataset, workdir, estimate: str | Estimate = "pinv"):
     """(batch(step), validation(done, state)) of training on clean signals: x and their indices; PSNR.
 
     flow.training.prior_signals = P > 0 appends P prior samples to the training signals (a training set the flow
@@ -325,8 +358,7 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     each step's measurements anew (index past every training index) instead of one fixed y_i per training signal."""
     tcfg = config.flow.training
     eval_n = min(int(tcfg.eval_num_measurements), len(dataset.val))
-    eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val"),
-                                   flow_estimate(config)))
+    eval_fn = jax.jit(make_eval_fn(flow, family, int(tcfg.eval_num_samples), split_key(config.seed, "val"), estimate))
     eval_x = jnp.asarray(dataset.val[:eval_n])
     eval_idx = jnp.arange(eval_n)
     train = np.asarray(dataset.train if tcfg.get("data_signals", True) else dataset.train[:0], np.float32)
@@ -359,7 +391,7 @@ def _signal_batches(config, flow, family, mesh, prior, dataset, workdir):
     return batch, validation
 
 
-def _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference):
+def _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference, estimate: str | Estimate = "pinv"):
     """(batch(step), validation(done, state)) of training on a measurement file: operators and y; validation
     by the objective's value (KL + evidence) on the last held-back measurements."""
     tcfg = config.flow.training
@@ -374,8 +406,7 @@ def _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, referenc
         idx = batch_indices(n_train, config.seed, 1, step, tcfg.batch_size)
         return (prior, *shard_batch(mesh, (ops_of(idx), y_all[idx])))
 
-    eval_fn = jax.jit(make_objective_eval_fn(flow, int(tcfg.eval_num_samples), int(tcfg.elbo_draws),
-                                             flow_estimate(config)))
+    eval_fn = jax.jit(make_objective_eval_fn(flow, int(tcfg.eval_num_samples), int(tcfg.elbo_draws), estimate))
     held_idx = np.arange(n_train, n)
 
     def validation(done, state):
