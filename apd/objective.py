@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from apd import flows
@@ -41,13 +42,13 @@ ESTIMATES = ("pinv", "tweedie", "wiener")  # what the flow's condition holds as 
 class Estimate:
     """The flow's signal-space estimate x0(y), by name (ESTIMATES); a pytree whose name is static.
 
-    mean, var (*S): 'wiener' only, a diagonal Gaussian fit of the prior in the task operator's SVD basis: the prior's
-    mean and its variance along each right singular direction, var = E[(V^T (x - mean))^2] (`wiener_moments`).
+    mean (*S), gain (d, m): 'wiener' only, x0(y) = mean + gain (y - A mean) on flattened signals (d entries) and
+    measurements (m), the posterior mean under a Gaussian fit of the prior (`fit_wiener`).
     """
 
     name: str = struct.field(pytree_node=False, default="pinv")
     mean: Any = None
-    var: Any = None
+    gain: Any = None
 
 
 def as_estimate(estimate: str | Estimate) -> Estimate:
@@ -58,20 +59,64 @@ def as_estimate(estimate: str | Estimate) -> Estimate:
     return estimate
 
 
-def wiener_moments(operator: Any, x: jax.Array) -> Estimate:
-    """The 'wiener' estimate of a fixed linear operator with an SVD (v_t), fitted to prior samples x (n,*S)."""
-    mean = jnp.mean(x, axis=0)
-    spectral = jax.vmap(operator.v_t)(x - mean)
-    return Estimate("wiener", mean, jnp.mean(spectral**2, axis=0))
+WIENER_SHRINKAGE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the rho grid of `fit_wiener`
 
 
-def wiener_estimate(operator: Any, y: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
-    """E[x | y] (*S) for ONE measurement y under the Gaussian prior N(mean, V diag(var) V^T):
-    mean + V diag(s var / (s^2 var + sigma^2)) U^T (y - A mean), directions with s = 0 left at the mean.
-    Each direction is shrunk by its own signal-to-noise ratio, so singular values far below the noise add no noise."""
-    s = operator.singular_values().astype(y.dtype)
-    gain = s * var / (s**2 * var + operator.noise_std**2)
-    return mean + operator.v(jnp.where(s > 0, gain, 0.0) * operator.u_t(y - operator.apply(mean)))
+def _matrix(fn, shape: tuple[int, ...]) -> np.ndarray:
+    """The matrix (rows: outputs, columns: the d = prod(shape) inputs) of a linear map on signals of `shape`."""
+    d = int(np.prod(shape))
+    columns = jax.vmap(fn)(jnp.eye(d, dtype=jnp.float32).reshape((d,) + tuple(shape)))
+    return np.asarray(columns, np.float64).reshape(d, -1).T
+
+
+def _gaussian_log_density(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
+    """Mean log N(x_i; mean, cov) over rows of x (n, d), nats."""
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (x - mean).T)
+    logdet = 2.0 * np.sum(np.log(np.diag(chol)))
+    return float(-0.5 * (np.sum(z**2) / x.shape[0] + logdet + x.shape[1] * np.log(2 * np.pi)))
+
+
+def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125) -> tuple[Estimate, float]:
+    """(the 'wiener' estimate, rho) of a fixed linear operator with an SVD, fitted to prior samples x (n,*S).
+
+    The prior's Gaussian fit N(mean, C) has C = (1 - rho) S + rho V diag(var) V^T: the sample covariance S, shrunk
+    towards its diagonal in the operator's SVD basis (var = E[(V^T (x - mean))^2]), which holds for any n. rho is
+    the value of WIENER_SHRINKAGE whose fit to the first (1 - held_out) of the samples gives the rest the highest
+    Gaussian likelihood (prior samples only); the estimate is then refitted to all samples, with
+    gain = C A^T (A C A^T + sigma^2 I)^-1 (float64 NumPy, once per task).
+    """
+    shape = tuple(x.shape[1:])
+    samples = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+    basis = _matrix(operator.v, shape)  # columns: the right singular vectors
+    blur = _matrix(operator.apply, shape)
+
+    def moments(rows):
+        mean = rows.mean(axis=0)
+        centred = rows - mean
+        diagonal = (basis * np.mean((centred @ basis) ** 2, axis=0)) @ basis.T
+        return mean, centred.T @ centred / rows.shape[0], diagonal
+
+    def shrunk(sample_cov, diagonal, rho):
+        return (1.0 - rho) * sample_cov + rho * diagonal + 1e-8 * np.eye(sample_cov.shape[0])
+
+    n_fit = int(round(samples.shape[0] * (1.0 - held_out)))
+    mean_fit, cov_fit, diag_fit = moments(samples[:n_fit])
+    scores = [_gaussian_log_density(samples[n_fit:], mean_fit, shrunk(cov_fit, diag_fit, rho))
+              for rho in WIENER_SHRINKAGE]
+    rho = WIENER_SHRINKAGE[int(np.argmax(scores))]
+    mean, sample_cov, diagonal = moments(samples)
+    cov = shrunk(sample_cov, diagonal, rho)
+    gram = blur @ cov @ blur.T + operator.noise_std**2 * np.eye(blur.shape[0])
+    gain = np.linalg.solve(gram, blur @ cov).T  # C A^T (A C A^T + s^2 I)^-1, both symmetric
+    estimate = Estimate("wiener", jnp.asarray(mean.reshape(shape), jnp.float32), jnp.asarray(gain, jnp.float32))
+    return estimate, rho
+
+
+def wiener_estimate(operator: Any, y: jax.Array, mean: jax.Array, gain: jax.Array) -> jax.Array:
+    """mean + gain (y - A mean) (*S) for ONE measurement y: the posterior mean under the prior's Gaussian fit."""
+    residual = (y - operator.apply(mean)).reshape(-1)
+    return mean + (gain @ residual).reshape(mean.shape)
 
 
 def conditions(operators: Any, y: jax.Array, prior: Prior | None = None,
@@ -81,19 +126,18 @@ def conditions(operators: Any, y: jax.Array, prior: Prior | None = None,
     estimate (a name or an `Estimate`): 'pinv', each operator's own estimate (`flows.condition_of`); 'tweedie'
     (denoising only), the prior's posterior mean E[x | y] by Tweedie's formula (`apd.priors.base.denoised_mean`):
     one score evaluation per measurement, no clean signal, and for denoising the mean a perfect flow should reach;
-    'wiener' (linear operators with an SVD), the posterior mean under a diagonal Gaussian fit of the prior in the
-    operator's SVD basis (`wiener_estimate`, its moments from prior samples): noise-aware where the pseudo-inverse
-    amplifies noise (deblurring).
+    'wiener' (one fixed linear operator with an SVD), the posterior mean under a Gaussian fit of the prior
+    (`fit_wiener`, from prior samples): noise-aware where the pseudo-inverse amplifies noise (deblurring) and an
+    interpolation where it leaves entries empty (super-resolution).
     """
     estimate = as_estimate(estimate)
     cond = jax.vmap(flows.condition_of)(operators, y)
     if estimate.name == "pinv":
         return cond
     if estimate.name == "wiener":
-        if estimate.mean is None or not hasattr(operators, "v_t"):
-            raise ValueError("flow.model.estimate='wiener' needs a linear operator with an SVD and the prior's moments "
-                             "(apd.objective.wiener_moments)")
-        x0 = jax.vmap(wiener_estimate, in_axes=(0, 0, None, None))(operators, y, estimate.mean, estimate.var)
+        if estimate.mean is None:
+            raise ValueError("flow.model.estimate='wiener' needs its Gaussian fit of the prior (apd.objective.fit_wiener)")
+        x0 = jax.vmap(wiener_estimate, in_axes=(0, 0, None, None))(operators, y, estimate.mean, estimate.gain)
         return cond._replace(estimate=x0)
     if not isinstance(operators, Denoise) or prior is None:
         raise ValueError("flow.model.estimate='tweedie' needs a denoising operator and the prior")

@@ -38,7 +38,7 @@ class Sampler:
     prior: needed only by a flow whose estimate is the prior's (config.flow.model.estimate = 'tweedie': one score
     evaluation per measurement, shared by all its samples); `load_sampler` loads it then.
     estimate: the flow's estimate (`apd.objective.Estimate`); None takes its name from config, which a 'wiener'
-    flow cannot (its moments come from `apd.training.flow.load_estimate`, as `load_sampler` does).
+    flow cannot (its Gaussian fit comes from `apd.training.flow.load_estimate`, as `load_sampler` does).
     """
 
     flow: nn.Module
@@ -61,7 +61,7 @@ class Sampler:
         if self.estimate.name == "tweedie" and self.prior is None:
             raise ValueError("this flow's estimate is the prior's ('tweedie'): pass prior=")
         if self.estimate.name == "wiener" and self.estimate.mean is None:
-            raise ValueError("this flow's 'wiener' estimate needs its prior moments: pass estimate= "
+            raise ValueError("this flow's 'wiener' estimate needs its Gaussian fit of the prior: pass estimate= "
                              "(apd.training.flow.load_estimate)")
         self._conditions = jax.jit(conditions)
 

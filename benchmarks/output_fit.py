@@ -47,7 +47,7 @@ def main():
     flow = flows.make_flow(config.flow.model, dataset.signal_shape)
     family = make_operator_family(config.operator, dataset.signal_shape)
     mset = measurement_set(config, dataset, "val", args.num_measurements)
-    estimate = task_estimate(config, family, prior)
+    estimate, _ = task_estimate(config, family, prior)
     per_mode, table = {}, {}
     for mode in FIT_OUTPUT_MODES:
         config.flow.training.fit_output = mode

@@ -5,12 +5,13 @@
 """
 from ml_collections import ConfigDict
 
-from configs.celeba32_sr2 import OPERATOR
+from configs.celeba32_sr2 import ESTIMATE, OPERATOR
 from configs.celeba32_denoise import cpu_size
 
 
 def get_config(flow: str = ""):
     config = cpu_size(OPERATOR, flow)
+    config.flow.model.estimate = ESTIMATE
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
     # docs/results/celeba32_sr2/tuning.json; 24.26 dB at eta 0.5 against 24.16 at 0.25 and 24.12 at 0.85).
     config.baselines = ConfigDict(dict(ddrm=dict(eta=0.5)))

@@ -246,9 +246,9 @@ def test_flow_killed_and_resumed_ends_bit_for_bit(tmp_path, monkeypatch):
     assert resumed_raw[3] == straight_raw[3] == 12
 
 
-def test_wiener_flow_keeps_its_prior_moments_for_the_sampler(tmp_path):
-    """A flow with the 'wiener' estimate saves the moments it trained with (from its output fit's prior samples) and
-    load_sampler conditions on exactly those: the resumed or loaded flow sees the estimate it was trained on."""
+def test_wiener_flow_keeps_its_gaussian_fit_for_the_sampler(tmp_path):
+    """A flow with the 'wiener' estimate saves the fit it trained with (from its output fit's prior samples) and
+    load_sampler conditions on exactly that fit: the loaded flow sees the estimate it was trained on."""
     from apd.objective import wiener_estimate
     from apd.sampler import load_sampler
     from apd.training.flow import WIENER_FILE, flow_dir, task_estimate, train_flow
@@ -259,16 +259,17 @@ def test_wiener_flow_keeps_its_prior_moments_for_the_sampler(tmp_path):
     config.flow.model.estimate = "wiener"
     workdir = str(tmp_path)
     train_flow(config, workdir, prior, _dataset())
-    assert os.path.exists(os.path.join(flow_dir(workdir), WIENER_FILE))
+    with np.load(os.path.join(flow_dir(workdir), WIENER_FILE)) as saved:
+        saved_rho = float(saved["rho"])
     sampler = load_sampler(workdir)
-    fitted = task_estimate(config, sampler.family, prior, cache_dir=os.path.join(workdir, "prior"))
+    fitted, record = task_estimate(config, sampler.family, prior, cache_dir=os.path.join(workdir, "prior"))
+    assert saved_rho == record["rho"]
     np.testing.assert_array_equal(np.asarray(sampler.estimate.mean), np.asarray(fitted.mean))
-    np.testing.assert_array_equal(np.asarray(sampler.estimate.var), np.asarray(fitted.var))
+    np.testing.assert_array_equal(np.asarray(sampler.estimate.gain), np.asarray(fitted.gain))
     np.testing.assert_allclose(np.asarray(fitted.mean).ravel(), 0.5, atol=0.05)  # 512 samples of N(0.5, 0.05 I)
-    np.testing.assert_allclose(np.asarray(fitted.var).ravel(), 0.05, rtol=0.25)  # V orthogonal: var 0.05 each
     y = jnp.linspace(0.2, 0.8, 4).reshape(1, 2, 2, 1)
     op = sampler.family.draw(jax.random.PRNGKey(0))
-    np.testing.assert_allclose(sampler.condition(y).estimate[0], wiener_estimate(op, y[0], fitted.mean, fitted.var),
+    np.testing.assert_allclose(sampler.condition(y).estimate[0], wiener_estimate(op, y[0], fitted.mean, fitted.gain),
                                atol=1e-6)
 
 

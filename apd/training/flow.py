@@ -33,7 +33,7 @@ from apd.measurement_files import prepare_measurements, read_measurement_file, t
 from apd.measurements import measure, split_key
 from apd.objective import (
     APDTerms, Estimate, apd_loss, apd_terms, as_estimate, conditions, data_weight_schedule, estimator_options,
-    forward_kl_loss, kl_plus_evidence, repeat_batch, wiener_moments,
+    fit_wiener, forward_kl_loss, kl_plus_evidence, repeat_batch,
 )
 from apd.operators import OperatorFamily, broadcast_operator, make_operator_family
 from apd.priors.base import Prior
@@ -79,30 +79,39 @@ def flow_estimate(config: ml_collections.ConfigDict) -> str:
 
 FIT_OUTPUT_MODES = ("prior", "data", "none")
 FIT_PAIRS = 512  # signal/measurement pairs the output map is fitted to
-WIENER_FILE = "wiener_moments.npz"  # in workdir/flow: the 'wiener' estimate's prior moments (mean, var), each (*S)
+WIENER_FILE = "wiener.npz"  # in workdir/flow: the 'wiener' estimate (mean (*S), gain (d, m), rho) it trained with
 
 
 def task_estimate(config: ml_collections.ConfigDict, family: OperatorFamily, prior: Prior,
-                  cache_dir: str | None = None) -> Estimate:
-    """The flow's estimate of config: for 'wiener', its moments fitted to the output fit's FIT_PAIRS prior samples
-    (`output_fit_pairs`, kept in cache_dir) in the SVD basis of the task's fixed operator: prior and operator only."""
+                  cache_dir: str | None = None) -> tuple[Estimate, dict]:
+    """(the flow's estimate of config, a record of its fit): for 'wiener', the Gaussian fit (`apd.objective.fit_wiener`)
+    to the output fit's FIT_PAIRS prior samples (`output_fit_pairs`, kept in cache_dir) for the task's fixed operator,
+    prior and operator only; its record {'rho'}."""
     name = flow_estimate(config)
     if name != "wiener":
-        return as_estimate(name)
+        return as_estimate(name), {}
     x = jnp.asarray(_fit_prior_samples(config.seed, prior, FIT_PAIRS, cache_dir))
-    return wiener_moments(family.draw(jax.random.PRNGKey(0)), x)
+    estimate, rho = fit_wiener(family.draw(jax.random.PRNGKey(0)), x)
+    return estimate, {"rho": rho}
+
+
+def save_estimate(workdir: str, estimate: Estimate, record: dict) -> None:
+    """workdir/flow/WIENER_FILE for a 'wiener' estimate (nothing for the others, which need no file)."""
+    if estimate.name == "wiener":
+        np.savez(os.path.join(flow_dir(workdir), WIENER_FILE), mean=np.asarray(estimate.mean),
+                 gain=np.asarray(estimate.gain), **record)
 
 
 def load_estimate(workdir: str, config: ml_collections.ConfigDict) -> Estimate:
-    """The trained flow's estimate: by name, with the 'wiener' moments its training saved in workdir/flow."""
+    """The trained flow's estimate: by name, with the 'wiener' fit its training saved in workdir/flow."""
     name = flow_estimate(config)
     if name != "wiener":
         return as_estimate(name)
     path = os.path.join(flow_dir(workdir), WIENER_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the 'wiener' flow needs the prior moments its training saved")
+        raise FileNotFoundError(f"{path} is missing: the 'wiener' flow needs the Gaussian fit its training saved")
     with np.load(path) as saved:
-        return Estimate("wiener", jnp.asarray(saved["mean"]), jnp.asarray(saved["var"]))
+        return Estimate("wiener", jnp.asarray(saved["mean"]), jnp.asarray(saved["gain"]))
 
 
 def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior, train, num_pairs: int = FIT_PAIRS,
@@ -159,7 +168,7 @@ def start_params(config, flow: nn.Module, family: OperatorFamily, prior: Prior, 
     params = jax.jit(lambda k: init_flow_state(flow, family, tx, k)["params"])(jax.random.PRNGKey(config.seed + 7))
     pairs = output_fit_pairs(config.flow.training.get("fit_output", "prior"), config.seed, family, prior, train,
                              cache_dir=cache_dir,
-                             estimate=task_estimate(config, family, prior, cache_dir) if estimate is None else estimate)
+                             estimate=task_estimate(config, family, prior, cache_dir)[0] if estimate is None else estimate)
     return params if pairs is None else flows.fit_output(params, *pairs)
 
 
@@ -294,7 +303,7 @@ def train_flow(
         checkpointer.discard_after(resume_from)
     latest = checkpointer.latest_step()
     cache_dir = os.path.join(workdir, "prior")
-    estimate = task_estimate(config, family, prior, cache_dir)
+    estimate, estimate_record = task_estimate(config, family, prior, cache_dir)
     if latest is not None:
         state = checkpointer.restore(state, latest)
     else:
@@ -312,9 +321,7 @@ def train_flow(
         saved.flow.signal_shape = signal_shape
         record_config(flow_dir(workdir), saved, FLOW_SECTIONS, latest)
         save_geometry(os.path.join(flow_dir(workdir), "geometry.npz"), dataset)
-        if estimate.name == "wiener":
-            np.savez(os.path.join(flow_dir(workdir), WIENER_FILE), mean=np.asarray(estimate.mean),
-                     var=np.asarray(estimate.var))
+        save_estimate(workdir, estimate, estimate_record)
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:
         batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference, estimate)
