@@ -77,12 +77,13 @@ def _gaussian_log_density(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> f
     return float(-0.5 * (np.sum(z**2) / x.shape[0] + logdet + x.shape[1] * np.log(2 * np.pi)))
 
 
-def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125) -> tuple[Estimate, float]:
+def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125,
+               shrinkage: tuple[float, ...] = WIENER_SHRINKAGE) -> tuple[Estimate, float]:
     """(the 'wiener' estimate, rho) of a fixed linear operator with an SVD, fitted to prior samples x (n,*S).
 
     The prior's Gaussian fit N(mean, C) has C = (1 - rho) S + rho V diag(var) V^T: the sample covariance S, shrunk
     towards its diagonal in the operator's SVD basis (var = E[(V^T (x - mean))^2]), which holds for any n. rho is
-    the value of WIENER_SHRINKAGE whose fit to the first (1 - held_out) of the samples gives the rest the highest
+    the value of `shrinkage` (rho = 1: the diagonal fit alone) whose fit to the first (1 - held_out) of the samples gives the rest the highest
     Gaussian likelihood (prior samples only); the estimate is then refitted to all samples, with
     gain = C A^T (A C A^T + sigma^2 I)^-1 (float64 NumPy, once per task).
     """
@@ -103,8 +104,8 @@ def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125) -> tuple[Es
     n_fit = int(round(samples.shape[0] * (1.0 - held_out)))
     mean_fit, cov_fit, diag_fit = moments(samples[:n_fit])
     scores = [_gaussian_log_density(samples[n_fit:], mean_fit, shrunk(cov_fit, diag_fit, rho))
-              for rho in WIENER_SHRINKAGE]
-    rho = WIENER_SHRINKAGE[int(np.argmax(scores))]
+              for rho in shrinkage]
+    rho = shrinkage[int(np.argmax(scores))]
     mean, sample_cov, diagonal = moments(samples)
     cov = shrunk(sample_cov, diagonal, rho)
     gram = blur @ cov @ blur.T + operator.noise_std**2 * np.eye(blur.shape[0])

@@ -90,7 +90,7 @@ def task_estimate(config: ml_collections.ConfigDict, family: OperatorFamily, pri
     name = flow_estimate(config)
     if name != "wiener":
         return as_estimate(name), {}
-    x = jnp.asarray(_fit_prior_samples(config.seed, prior, FIT_PAIRS, cache_dir))
+    x = jnp.asarray(fit_prior_samples(config.seed, prior, FIT_PAIRS, cache_dir))
     estimate, rho = fit_wiener(family.draw(jax.random.PRNGKey(0)), x)
     return estimate, {"rho": rho}
 
@@ -134,13 +134,13 @@ def output_fit_pairs(mode: str, seed: int, family: OperatorFamily, prior: Prior,
         x = jnp.asarray(train[: min(num_pairs, len(train))], jnp.float32)
         key = split_key(seed, "train")
     else:
-        x = jnp.asarray(_fit_prior_samples(seed, prior, num_pairs, cache_dir))
+        x = jnp.asarray(fit_prior_samples(seed, prior, num_pairs, cache_dir))
         key = split_key(seed, "fit_output")
     ops, y = measure(family, key, x, jnp.arange(x.shape[0]))
     return x, jax.jit(conditions)(ops, y, prior, as_estimate(estimate)).estimate
 
 
-def _fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str | None) -> np.ndarray:
+def fit_prior_samples(seed: int, prior: Prior, num_pairs: int, cache_dir: str | None) -> np.ndarray:
     """The output fit's prior samples (num_pairs,*S), read from or written to cache_dir when it is given."""
     path = None
     if cache_dir is not None:
