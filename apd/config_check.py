@@ -182,7 +182,7 @@ WIENER_OPERATORS = ("denoise", "sr", "deblur", "inpaint", "impute", "inpaint_box
 
 def _estimate_problems(config) -> list[str]:
     """flow.model.estimate: a known one; the prior's Tweedie estimate only for denoising, the Wiener estimate
-    (moments in one operator's SVD basis) only for a task with one fixed linear operator."""
+    (a gain fitted for one operator) only for a task with one fixed linear operator."""
     model = (config.get("flow") or {}).get("model") or {}
     estimate = model.get("estimate", "pinv")
     if estimate not in ESTIMATES:

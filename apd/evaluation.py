@@ -233,8 +233,8 @@ def run_baseline(
     wall time of k = 1, num_samples and 128 draws of measurement 0 is measured on a batch of k (after a
     warm-up call of the same shape), so per-sample costs are never extrapolated; the per-measurement flow is
     charged its training plus its sampling. time_128=False skips the 128 draws (seconds_128 NaN): two full runs
-    of a 1000-step sampler on 128 samples take about an hour on 2 CPU cores. Raises ValueError for an unknown name or an operator the method
-    cannot use (at its first call, before any long work).
+    of a 1000-step sampler on 128 samples take about an hour on 2 CPU cores. Raises ValueError for an unknown name
+    or an operator the method cannot use (at its first call, before any long work).
     """
     module = get_baseline(name)
     if name == "flow":

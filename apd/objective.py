@@ -83,14 +83,14 @@ def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125,
 
     The prior's Gaussian fit N(mean, C) has C = (1 - rho) S + rho V diag(var) V^T: the sample covariance S, shrunk
     towards its diagonal in the operator's SVD basis (var = E[(V^T (x - mean))^2]), which holds for any n. rho is
-    the value of `shrinkage` (rho = 1: the diagonal fit alone) whose fit to the first (1 - held_out) of the samples gives the rest the highest
-    Gaussian likelihood (prior samples only); the estimate is then refitted to all samples, with
+    the value of `shrinkage` (rho = 1: the diagonal fit alone) whose fit to the first (1 - held_out) of the samples
+    gives the rest the highest Gaussian likelihood (prior samples only); the estimate is then refitted to all, with
     gain = C A^T (A C A^T + sigma^2 I)^-1 (float64 NumPy, once per task).
     """
     shape = tuple(x.shape[1:])
     samples = np.asarray(x, np.float64).reshape(x.shape[0], -1)
     basis = _matrix(operator.v, shape)  # columns: the right singular vectors
-    blur = _matrix(operator.apply, shape)
+    forward = _matrix(operator.apply, shape)  # A
 
     def moments(rows):
         mean = rows.mean(axis=0)
@@ -108,8 +108,8 @@ def fit_wiener(operator: Any, x: jax.Array, held_out: float = 0.125,
     rho = shrinkage[int(np.argmax(scores))]
     mean, sample_cov, diagonal = moments(samples)
     cov = shrunk(sample_cov, diagonal, rho)
-    gram = blur @ cov @ blur.T + operator.noise_std**2 * np.eye(blur.shape[0])
-    gain = np.linalg.solve(gram, blur @ cov).T  # C A^T (A C A^T + s^2 I)^-1, both symmetric
+    gram = forward @ cov @ forward.T + operator.noise_std**2 * np.eye(forward.shape[0])
+    gain = np.linalg.solve(gram, forward @ cov).T  # C A^T (A C A^T + s^2 I)^-1, both symmetric
     estimate = Estimate("wiener", jnp.asarray(mean.reshape(shape), jnp.float32), jnp.asarray(gain, jnp.float32))
     return estimate, rho
 

@@ -303,10 +303,11 @@ def train_flow(
         checkpointer.discard_after(resume_from)
     latest = checkpointer.latest_step()
     cache_dir = os.path.join(workdir, "prior")
-    estimate, estimate_record = task_estimate(config, family, prior, cache_dir)
     if latest is not None:
         state = checkpointer.restore(state, latest)
+        estimate, estimate_record = load_estimate(workdir, config), None  # the fit saved at the run's start
     else:
+        estimate, estimate_record = task_estimate(config, family, prior, cache_dir)
         train = dataset.train if mode == "data" else None
         params = start_params(config, flow, family, prior, train, cache_dir=cache_dir, estimate=estimate)
         params = jax.device_put(params, replicated(mesh))
@@ -321,7 +322,8 @@ def train_flow(
         saved.flow.signal_shape = signal_shape
         record_config(flow_dir(workdir), saved, FLOW_SECTIONS, latest)
         save_geometry(os.path.join(flow_dir(workdir), "geometry.npz"), dataset)
-        save_estimate(workdir, estimate, estimate_record)
+        if estimate_record is not None:
+            save_estimate(workdir, estimate, estimate_record)
     prior = jax.device_put(prior, replicated(mesh))
     if measurements:
         batch, validation = _measurement_batches(config, flow, tx, mesh, prior, y_all, ops_all, reference, estimate)
