@@ -38,6 +38,8 @@ flags.DEFINE_integer("num_measurements", 16, "Measurements per set.")
 flags.DEFINE_integer("num_samples", 128, "APD samples per measurement (K).")
 flags.DEFINE_list("baselines", [], "Comma-separated baselines: dps, mcg, pigdm, cpigdm, ddrm, reddiff, noise2score, flow.")
 flags.DEFINE_integer("baseline_samples", 32, "Samples per measurement for each baseline (APD is also shown at this K).")
+flags.DEFINE_list("baseline_samples_for", [], "Per-baseline sample counts overriding --baseline_samples, as "
+                  "name=K (e.g. dps=1,mcg=1 for 1000-step samplers on CPU); noted in results.json.")
 flags.DEFINE_integer("flow_step", None, "Flow checkpoint to evaluate (default: the latest); recorded in results.json.")
 flags.DEFINE_enum("ood", None, ["ffhq32"], "Also measure this out-of-distribution data set (CelebA tasks).")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/eval).")
@@ -80,6 +82,7 @@ def main(argv):
         cache_dir=None if FLAGS.cache_dir == "none" else FLAGS.cache_dir or os.path.join(workdir, "eval_cache"),
         allow_operator_mismatch=FLAGS.allow_operator_mismatch,
         baseline_time_128=FLAGS.baseline_time_128,
+        samples_for=cli.name_counts(FLAGS.baseline_samples_for, "--baseline_samples_for"),
     )
     results["command"] = shlex.join(["python"] + sys.argv)
     out = FLAGS.out or os.path.join(workdir, "eval")

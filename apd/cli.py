@@ -116,6 +116,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(err) if isinstance(err, flags.Error) else f"bad flag value: {type(err).__name__}: {err}")
 
 
+def name_counts(items: list[str], flag: str) -> dict[str, int]:
+    """{'dps': 1, 'mcg': 1} from ['dps=1', 'mcg=1']; a ValueError naming the flag for any other form."""
+    counts = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value.isdigit():
+            raise ValueError(f"{flag} takes name=count pairs (e.g. dps=1,mcg=1), got {item!r}")
+        counts[name] = int(value)
+    return counts
+
+
 def is_user_error(err: BaseException) -> bool:
     """Whether err reports something the user can fix (one line), not a bug (traceback)."""
     from apd.training.loop import TrainingStopped

@@ -479,6 +479,7 @@ def run_evaluation(
     cache_dir: str | None = None,
     allow_operator_mismatch: bool = False,
     baseline_time_128: bool = True,
+    samples_for: dict[str, int] | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
     """Evaluate the trained sampler in workdir (if any), its untrained start and the named baselines on
@@ -502,6 +503,8 @@ def run_evaluation(
       ValueError); recorded as settings.operator_mismatch {'trained', 'evaluated'}.
     baseline_time_128: time each baseline's 128 draws of one measurement (False: not measured, noted; a cached
       run keeps the times it was saved with).
+    samples_for: {baseline: K} overriding baseline_samples for the named baselines (e.g. {'dps': 1} where a
+      1000-step sampler at K_b is beyond the machine), noted; their x<K> rows then sit beside APD's x<K>.
     Returns {'workdir', 'flow_step', 'generalization_gap', 'settings', 'seeds', 'versions', 'config', 'notes',
     'sets'}: sets maps a set's name to {'dataset' (the Dataset), 'num_measurements', 'rows' (method, samples,
     metrics with 95% bootstrap intervals, nfe, time_s, time_128_s), 'comparisons' (APD minus the best baseline
@@ -521,6 +524,12 @@ def run_evaluation(
     unknown = [name for name in baselines if name not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(sorted(BASELINES))}")
+    samples_for = dict(samples_for or {})
+    stray = [name for name in samples_for if name not in baselines]
+    if stray:
+        raise ValueError(f"samples_for names {', '.join(stray)}, not among the baselines {', '.join(baselines) or '(none)'}")
+    if any(k < 1 for k in samples_for.values()):
+        raise ValueError(f"samples_for counts must be at least 1, got {samples_for}")
     notes = []
 
     def note(message: str) -> None:
@@ -528,6 +537,8 @@ def run_evaluation(
         log(message)
 
     names = list(baselines)
+    for name, k in samples_for.items():
+        note(f"{name}: {k} sample(s) per measurement, the other baselines {baseline_samples}")
     if names and not baseline_time_128:
         note("baseline times for 128 draws of one measurement not measured (baseline_time_128=False)")
     dataset = load_dataset(config.data)
@@ -594,7 +605,7 @@ def run_evaluation(
 
     settings = {name: _baseline_settings(config, name) for name in names}
     prior_fingerprint = None if prior is None else _fingerprint(prior)
-    apd_counts = tuple(sorted({1, min(baseline_samples, num_samples), num_samples}))
+    apd_counts = tuple(sorted({1, num_samples} | {min(k, num_samples) for k in [baseline_samples, *samples_for.values()]}))
     if refine_steps:
         note(f"apd_refined: the trained flow refined on each measurement by {refine_steps} Adam steps (lr "
              f"{refine_lr:g}, {refine.BATCH_SIZE} flow samples per step) of its objective before sampling; its times "
@@ -622,7 +633,7 @@ def run_evaluation(
                 run = run_apd_refined(sampler, prior, mset, apd_counts, keys[method], refine_steps, refine_lr)
                 counts = apd_counts
             else:
-                k = 1 if method in ESTIMATES else baseline_samples
+                k = 1 if method in ESTIMATES else samples_for.get(method, baseline_samples)
                 identity = {"set": mset.name, "method": method, "settings": settings[method], "samples": k,
                             "num_measurements": int(mset.x.shape[0]), "seed": int(config.seed),
                             "operator": config.operator.to_dict(), "prior": prior_fingerprint}
@@ -672,6 +683,7 @@ def run_evaluation(
             "num_samples": num_samples,
             "baselines": list(baselines),
             "baseline_samples": baseline_samples,
+            "samples_for": samples_for,
             "baseline_settings": settings,
             "refine_steps": refine_steps,
             "refine_lr": refine_lr,

@@ -14,6 +14,7 @@ Writes every score to --out and prints the config lines to paste into the task's
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -65,7 +66,8 @@ def extend(values: list[float], best: float, upper: float | None) -> float | Non
     return None
 
 
-def sweep(name, setting, values, prior, mset, fixed, key, samples, max_extensions, log=print) -> dict:
+def sweep(name, setting, values, prior, mset, fixed, key, samples, max_extensions,
+          log=functools.partial(print, flush=True)) -> dict:
     """{'setting', 'values', 'psnr' (mean val PSNR of one draw, per value), 'best', 'at_edge'}."""
     scores = {}
 

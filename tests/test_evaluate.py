@@ -101,6 +101,23 @@ def test_rows_at_equal_sample_counts_and_notes(evaluation):
     assert [r["k"] for r in test["tweedie_reference"]] == [B, K]
 
 
+def test_a_baseline_can_draw_fewer_samples_than_the_others(evaluation, workdir):
+    """samples_for={'ddrm': 1}: DDRM's one draw is the first of its B draws in the main evaluation (same keys),
+    APD gains no row, and the count is noted; a name that is not a baseline is refused before any work."""
+    results, _ = evaluation
+    messages = []
+    single = run_evaluation(_config(), workdir, ["ddrm"], num_measurements=N, num_samples=K, baseline_samples=B,
+                            samples_for={"ddrm": 1}, with_start=False, log=messages.append)
+    rows = {(row["method"], row["samples"]): row for row in single["sets"]["test"]["rows"]}
+    assert list(rows) == [("apd", 1), ("apd", B), ("apd", K), ("ddrm", 1)]
+    before = {(row["method"], row["samples"]): row for row in results["sets"]["test"]["rows"]}
+    assert rows["ddrm", 1]["psnr"] == pytest.approx(before["ddrm", 1]["psnr"], abs=1e-5)
+    assert "ddrm: 1 sample(s) per measurement, the other baselines 4" in messages
+    assert single["settings"]["samples_for"] == {"ddrm": 1}
+    with pytest.raises(ValueError, match="samples_for names dps, not among the baselines ddrm"):
+        run_evaluation(_config(), workdir, ["ddrm"], samples_for={"dps": 1})
+
+
 def test_baseline_draws_do_not_depend_on_the_batch(evaluation, workdir):
     """Draw j of measurement i is fold_in(fold_in(key, i), j): measurement 2's first DDRM draw, computed alone."""
     results, _ = evaluation

@@ -415,6 +415,8 @@ def _bad_workdir(tmp_path, kind):
         ("evaluate.py", ["--baselines=nope"], "empty", {}, "error: unknown baseline(s) nope; known: cpigdm, ddrm"),
         ("evaluate.py", ["--baselines=dps"], "file", {}, "error: workdir {workdir} is a file, not a folder"),
         ("evaluate.py", ["--baselines=dps"], "empty", {}, "error: no trained prior in {workdir}/prior"),
+        ("evaluate.py", ["--baselines=dps", "--baseline_samples_for=dps"], "empty", {},
+         "error: --baseline_samples_for takes name=count pairs (e.g. dps=1,mcg=1), got 'dps'"),
     ],
 )
 def test_command_line_bad_input_is_one_line(tmp_path, script, args, workdir_kind, env, expected):

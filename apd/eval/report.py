@@ -105,7 +105,9 @@ def format_markdown(results: dict) -> str:
     lines += [
         f"workdir `{results['workdir']}`; data {config['data']['name']} ({settings['split']} split); operator {config.get('operator')}; "
         f"APD samples K = {settings['num_samples']}; baseline samples per measurement "
-        f"{settings['baseline_samples']}; device {results['versions']['device']}.",
+        f"{settings['baseline_samples']}"
+        + "".join(f" ({name} {k})" for name, k in settings.get("samples_for", {}).items())
+        + f"; device {results['versions']['device']}.",
         "",
     ]
     if results.get("flow_step") is not None:
