@@ -1,11 +1,15 @@
-"""Score networks: shapes, zero output at init, time dependence, parameter counts, longitude wrap, make_score_net."""
+"""Score networks: shapes, zero output at init, time dependence, parameter counts, longitude wrap, make_score_net,
+and the loop-friendly convolution they are built on."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+import flax.linen as nn
+
 from apd.nets import GridUNet, ResidualMLP, UNet, VertexUNet, make_score_net
+from apd.nets.conv import Conv
 from apd.nets.unet import ResBlock, UNetBackbone, group_count
 
 T = jnp.array([0.1, 0.9])
@@ -162,3 +166,26 @@ def test_make_score_net():
         make_score_net(ml_collections.ConfigDict({"name": "resnet"}), (8, 8, 1))
     with pytest.raises(ValueError, match=r"unet needs a signal of rank 3, got shape \(1889, 1\)"):
         make_score_net(cfg, (1889, 1))
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 8, 6, 3), 3, 1), ((2, 8, 6, 3), 3, 2), ((2, 8, 6, 3), 1, 1),
+                                                 ((2, 10, 4), 3, 1), ((2, 10, 4), 3, 2)])
+def test_conv_equals_flax_conv_in_value_gradients_and_initialisation(shape, kernel, stride):
+    """Conv (its input gradient written as a forward convolution) against nn.Conv with the same 'SAME' padding:
+    identical initial parameters, outputs and gradients in x, kernel and bias, in 1-D and 2-D, stride 1 and 2."""
+    nd = len(shape) - 2
+    key = jax.random.key(3)
+    x = jax.random.normal(key, shape)
+    pads = tuple(jax.lax.padtype_to_pads(shape[1:-1], (kernel,) * nd, (stride,) * nd, "SAME"))
+    flax_conv = nn.Conv(5, (kernel,) * nd, strides=(stride,) * nd, padding=pads)
+    ours = Conv(5, (kernel,) * nd, (stride,) * nd, pads)
+    params = flax_conv.init(key, x)
+    jax.tree.map(np.testing.assert_array_equal, params, ours.init(key, x))
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(key, p.shape), params)
+
+    def loss(module):
+        return lambda p, x_: jnp.sum(jnp.sin(module.apply(p, x_)))
+
+    np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), atol=1e-6)
+    expected, got = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (flax_conv, ours))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), expected, got)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apd.nets.conv import Conv
 from apd.nets.embedding import sinusoidal_embedding
 
 __all__ = ["ResBlock", "AttnBlock", "UNetBackbone", "UNet", "group_count"]
@@ -40,7 +41,7 @@ def _conv(features: int, kernel: int = 3, stride: int = 1, circular_axes: tuple[
         wrap = [p if a in circular_axes else (0, 0) for a, p in enumerate(pads)]
         zero = [(0, 0) if a in circular_axes else p for a, p in enumerate(pads)]
         h = jnp.pad(h, [(0, 0), *wrap, (0, 0)], mode="wrap")
-        return nn.Conv(features, (kernel,) * nd, strides=(stride,) * nd, padding=zero, **kwargs)(h)
+        return Conv(features, (kernel,) * nd, (stride,) * nd, tuple(zero), **kwargs)(h)
 
     return conv
 
