@@ -1,14 +1,16 @@
-"""How much slower is the prior network's guided step inside lax.scan than unrolled, with our Conv and flax's?
+"""How much slower are the prior network's gradients inside lax.scan than unrolled, with our Conv and flax's?
 
-    python benchmarks/loop_speed.py --config configs/celeba32_cpu.py --out docs/results/loop_speed.json
+    python benchmarks/loop_speed.py --config configs/celeba32_cpu.py --out docs/results/loop_speed/loop_speed.json
 
 Every guided sampler (DPS, MCG, PiGDM, C-PiGDM) runs, at each of its steps, x0_hat(x, t) and its VJP inside a
-lax.scan. On CPU, XLA runs the transposed convolution that autodiff emits for a convolution's input gradient
-several times slower inside a loop than outside (jax issue #12868); apd.nets.conv.Conv writes that gradient as a
-forward convolution instead. For the config's prior network (random parameters: speed does not depend on them)
-this times --steps such steps on a batch of --batch signals, inside lax.scan and unrolled (one program without a
-loop), with apd's Conv and with flax's nn.Conv (the same parameters), after a warm-up call; --repeats timed
-calls each, the fastest kept. Prints and writes ms per signal and step.
+lax.scan; a refinement (apd.refine) takes parameter gradients in one. On CPU, XLA runs the convolutions that
+autodiff emits for a convolution's gradients several times slower inside a loop than outside (jax issue #12868);
+apd.nets.conv.Conv writes both as channels-last forward convolutions instead. For the config's prior network
+(random parameters: speed does not depend on them) this times --steps steps on a batch of --batch signals of
+(a) the guided step x <- x - 0.01 J^T x0_hat and (b) a gradient step on the parameters of the denoising loss,
+inside lax.scan and unrolled (one program without a loop), with apd's Conv and with flax's nn.Conv (the same
+parameters), after a warm-up call; --repeats timed calls each, the fastest kept. Prints and writes ms per
+signal and step.
 """
 from __future__ import annotations
 
@@ -52,6 +54,24 @@ def guided_steps(net, params, sde, ts, unroll):
     return jax.jit(lambda x: jax.lax.scan(step, x, ts, unroll=unroll)[0])
 
 
+def parameter_steps(net, params, sde, ts, unroll):
+    """x (B, *S) -> parameters after len(ts) plain gradient steps on the denoising loss at time t (x fixed)."""
+
+    def loss(p, x, t):
+        noise = jnp.sin(7.0 * x)  # any fixed array: speed does not depend on it
+        x_t = sde.alpha(t) * x + sde.sigma(t) * noise
+        return jnp.mean((net.apply({"params": p}, x_t, jnp.full((x.shape[0],), t)) - noise) ** 2)
+
+    def run(x):
+        def step(p, t):
+            grads = jax.grad(loss)(p, x, t)
+            return jax.tree.map(lambda a, g: a - 1e-3 * g, p, grads), None
+
+        return jax.lax.scan(step, params, ts, unroll=unroll)[0]
+
+    return jax.jit(lambda x: jax.tree.leaves(run(x))[0])
+
+
 def time_ms(fn, x, repeats, rows):
     fn(x).block_until_ready()
     best = float("inf")
@@ -80,10 +100,11 @@ def main():
     results = {}
     for conv_name, patch in (("apd Conv", unet.Conv), ("flax nn.Conv", flax_conv)):
         with mock.patch.object(unet, "Conv", patch):
-            for loop_name, unroll in (("lax.scan", 1), ("unrolled", True)):
-                ms = time_ms(guided_steps(net, params, sde, ts, unroll), x, args.repeats, rows)
-                results[f"{conv_name}, {loop_name}"] = ms
-                print(f"{conv_name:13s} {loop_name:9s} {ms:7.2f} ms per signal and step", flush=True)
+            for step_name, steps in (("guided step", guided_steps), ("parameter gradient", parameter_steps)):
+                for loop_name, unroll in (("lax.scan", 1), ("unrolled", True)):
+                    ms = time_ms(steps(net, params, sde, ts, unroll), x, args.repeats, rows)
+                    results[f"{step_name}, {conv_name}, {loop_name}"] = ms
+                    print(f"{step_name:18s} {conv_name:13s} {loop_name:9s} {ms:7.2f} ms per signal and step", flush=True)
     if args.out:
         record = {"command": shlex.join(["python"] + sys.argv), "signal_shape": shape, "batch": args.batch,
                   "steps": args.steps, "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",

@@ -4,9 +4,11 @@ loops.
 XLA on CPU runs the transposed-layout convolution that autodiff emits for a convolution's input gradient about 7x
 slower inside a while loop (lax.scan) than outside it (jax issue #12868), and every guided diffusion sampler
 (DPS, MCG, PiGDM, C-PiGDM) differentiates the prior's network at each of its steps inside a scan. Here the input
-gradient is written as the forward convolution of the output gradient with the flipped, channel-swapped kernel
-(channels last, kernel (*K, in, out)), the layout XLA runs fast everywhere. Same parameters, initialisation and
-result as flax's nn.Conv with explicit padding.
+gradient is the forward convolution of the output gradient with the flipped, channel-swapped kernel, in the
+channels-last layout (kernel (*K, in, out)) that XLA runs fast everywhere. The kernel gradient stays autodiff's:
+the network's parameters are trained outside loops, where that is fastest (written as a forward convolution it
+was 24x faster inside a scan but 1.3x slower outside; docs/results/loop_speed/). Same parameters, initialisation
+and result as flax's nn.Conv with explicit padding.
 """
 from __future__ import annotations
 
