@@ -19,5 +19,5 @@ def get_config(flow: str = ""):
     # first-order noisy one multiplies each direction by exp(w s_y^2 / (2 s_j^2) ...), which overflows for the
     # blur's smallest kept singular values (s_j ~ 1e-3; NaN at every w tried).
     config.baselines = ConfigDict(dict(ddrm=dict(eta=0.03125), dps=dict(zeta=1.0), pigdm=dict(w=1.0),
-                                       cpigdm=dict(w=1.0, first_order_noise=False), reddiff=dict(lam=0.06)))
+                                       cpigdm=dict(w=0.3, first_order_noise=False), reddiff=dict(lam=0.06)))
     return config
