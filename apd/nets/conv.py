@@ -6,9 +6,9 @@ slower inside a while loop (lax.scan) than outside it (jax issue #12868), and ev
 (DPS, MCG, PiGDM, C-PiGDM) differentiates the prior's network at each of its steps inside a scan. Here the input
 gradient is the forward convolution of the output gradient with the flipped, channel-swapped kernel, in the
 channels-last layout (kernel (*K, in, out)) that XLA runs fast everywhere. The kernel gradient stays autodiff's:
-the network's parameters are trained outside loops, where that is fastest (written as a forward convolution it
-was 24x faster inside a scan but 1.3x slower outside; docs/results/loop_speed/). Same parameters, initialisation
-and result as flax's nn.Conv with explicit padding.
+parameters are trained outside loops, where it is fast (a forward-convolution form of it, 24x faster inside a
+scan, is recorded in docs/results/loop_speed/kernel_gradient_as_conv.json but not kept). Same parameters,
+initialisation and result as flax's nn.Conv with explicit padding.
 """
 from __future__ import annotations
 
