@@ -5,7 +5,8 @@
 Every guided sampler (DPS, MCG, PiGDM, C-PiGDM) runs, at each of its steps, x0_hat(x, t) and its VJP inside a
 lax.scan; a refinement (apd.refine) takes parameter gradients in one. On CPU, XLA runs the convolutions that
 autodiff emits for a convolution's gradients several times slower inside a loop than outside (jax issue #12868);
-apd.nets.conv.Conv writes both as channels-last forward convolutions instead. For the config's prior network
+apd.nets.conv.Conv writes the input gradient as a channels-last forward convolution instead (the kernel gradient
+stays autodiff's). For the config's prior network
 (random parameters: speed does not depend on them) this times --steps steps on a batch of --batch signals of
 (a) the guided step x <- x - 0.01 J^T x0_hat and (b) a gradient step on the parameters of the denoising loss,
 inside lax.scan and unrolled (one program without a loop), with apd's Conv and with flax's nn.Conv (the same

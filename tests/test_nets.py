@@ -1,12 +1,11 @@
 """Score networks: shapes, zero output at init, time dependence, parameter counts, longitude wrap, make_score_net,
 and the loop-friendly convolution they are built on."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-import flax.linen as nn
 
 from apd.nets import GridUNet, ResidualMLP, UNet, VertexUNet, make_score_net
 from apd.nets.conv import Conv
