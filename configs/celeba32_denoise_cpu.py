@@ -22,7 +22,9 @@ def get_config(flow: str = ""):
     # for the pseudo-inverse estimate after 3,000 steps (docs/results/celeba32_denoise/).
     config.flow.model.estimate = "tweedie"
     # DDRM eta: the best of a sweep on 32 validation-range faces x 2 draws (benchmarks/tune_baseline.py,
-    # docs/results/celeba32_denoise/tuning.json; PSNR flat within 0.02 dB for eta <= 0.25). PiGDM's w: the module
-    # default, not yet tuned on this prior.
-    config.baselines = ConfigDict(dict(pigdm=dict(w=1.0), ddrm=dict(eta=0.03125)))
+    # docs/results/celeba32_denoise/tuning.json; PSNR flat within 0.02 dB for eta <= 0.25). PiGDM w, C-PiGDM w (noisy,
+    # first-order form, 5 steps), RED-diff lambda: the best of sweeps on 16 validation-range faces x 1 draw
+    # (docs/results/celeba32_denoise/tuning_more.json; 27.14, 21.45 and 24.81 dB, each interior to its grid).
+    config.baselines = ConfigDict(dict(pigdm=dict(w=1.0), cpigdm=dict(w=9.0), reddiff=dict(lam=4.0),
+                                       ddrm=dict(eta=0.03125)))
     return config
