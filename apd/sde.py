@@ -76,8 +76,11 @@ class VPSDE:
         return self.beta(t) / (self.sigma(t) ** 2 * self.importance_normaliser())
 
     def sample_importance_time(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        """Times from q(t) by inverting its CDF: log(e^{B(t)} - 1) = log(e^{B(t_min)} - 1) + u Z."""
-        u = jax.random.uniform(key, shape)
+        """Times drawn from q(t), shape `shape`."""
+        return self.importance_time(jax.random.uniform(key, shape))
+
+    def importance_time(self, u: jax.Array) -> jax.Array:
+        """The time at CDF level u in [0, 1] of q(t), by inverting log(e^{B(t)} - 1) = log(e^{B(t_min)} - 1) + u Z."""
         level = self._log_expm1_integrated_beta(self.t_min) + u * self.importance_normaliser()
         b = level + jnp.log1p(jnp.exp(-level))  # B = log(1 + e^level), stable for large levels
         return jnp.clip(self.time_of_integrated_beta(b), self.t_min, 1.0)

@@ -54,3 +54,19 @@ def test_bits_per_dim_matches_the_exact_density_within_its_reported_interval():
     assert per_signal.shape == (32,)
     assert half_width < 0.05 and draws == 500 * (draws // 500) and 1_000 <= draws < 25_000  # stopped early
     assert abs(per_signal.mean() - exact.mean()) < 2 * half_width
+
+
+def test_stratified_draws_cut_the_variance_of_averaging_independent_draws():
+    # In many dimensions the bound varies far more with t than with e: 16 draws stratified in t have a small
+    # fraction of the variance of 16 independent single draws (about 1/16 here, 1/40 on the ERA5 prior).
+    rng = np.random.RandomState(0)
+    d = 512
+    prior = GaussianPrior.create(0.5 + 0.1 * rng.randn(d), np.diag(0.001 + 0.01 * rng.rand(d)), signal_shape=(d, 1))
+    x = prior.sample(jax.random.PRNGKey(5), 8)
+    stratified = jax.jit(lambda k: elbo(prior, x, k, num_draws=16))
+    independent = jax.jit(lambda k: elbo(prior, jnp.repeat(x, 16, axis=0), k).reshape(8, 16).mean(1))
+    s = np.stack([np.asarray(stratified(jax.random.PRNGKey(i))) for i in range(24)])
+    p = np.stack([np.asarray(independent(jax.random.PRNGKey(i))) for i in range(24)])
+    assert p.var(0, ddof=1).mean() > 4 * s.var(0, ddof=1).mean()
+    log_p = np.asarray(prior.log_prob(x))
+    assert abs(s.mean() - log_p.mean()) < 4 * np.sqrt(s.var(0, ddof=1).mean() / s.size)  # still unbiased
