@@ -66,8 +66,8 @@ def realnvp(**overrides) -> ConfigDict:
     """The paper's flow: dense affine couplings on the flattened signal, y fed to every coupling.
 
     estimate (either flow): the signal-space estimate x0(y) added at the flow's output, 'pinv' (the operator's)
-    or, for denoising, 'tweedie' (the prior's posterior mean, one score evaluation per measurement;
-    apd.objective.conditions)."""
+    'wiener' (the Wiener estimate under the prior's Gaussian fit) or, for denoising, 'tweedie' (the prior's posterior
+    mean, one score evaluation per measurement; apd.objective.conditions)."""
     values = dict(name="realnvp", num_couplings=8, width=512, depth=2, scale_bound=2.0, linear_shift=True,
                   estimate="pinv")
     values.update(overrides)
