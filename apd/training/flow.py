@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from apd import flows
 from apd.eval.metrics import psnr
@@ -350,8 +351,10 @@ def prior_training_signals(seed: int, prior: Prior, count: int, path: str) -> np
             return saved
     sample = jax.jit(prior.sample, static_argnums=1)
     key = split_key(seed, "train/prior_signals")
+    starts = range(0, count, PRIOR_SAMPLE_CHUNK)
     chunks = [np.asarray(sample(jax.random.fold_in(key, c), min(PRIOR_SAMPLE_CHUNK, count - start)))
-              for c, start in enumerate(range(0, count, PRIOR_SAMPLE_CHUNK))]
+              for c, start in enumerate(tqdm(starts, desc=f"prior samples for training ({count})",
+                                             unit="chunk", disable=jax.process_index() != 0))]
     signals = np.concatenate(chunks).astype(np.float32)
     if jax.process_index() == 0:
         np.save(path, signals)
